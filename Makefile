@@ -1,0 +1,45 @@
+# llmctl: `make up` brings the system up on embedded defaults, `make test` runs the whole suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+MODEL ?= smollm2-135m
+
+.PHONY: install up test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is pinned first: an unpinned torch pulls a multi-GB CUDA build.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+up: install
+	$(BIN)/llmctl models pull $(MODEL)
+	@echo ""
+	@echo "llmctl is serving $(MODEL) on http://$(HOST):$(PORT)"
+	@echo "  curl http://$(HOST):$(PORT)/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"model\": \"$(MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'"
+	@echo ""
+	$(BIN)/llmctl serve $(MODEL) --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/llmctl models pull $(MODEL)
+	$(BIN)/python -m pytest -q -ra
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/llmctl models pull $(MODEL)
+	$(BIN)/llmctl bench --model $(MODEL) --requests 64 --input-len 32:512 --output-len 16:256 --seed 0 \
+		--dtype bfloat16 --baselines hf-sequential,hf-static --json bench.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

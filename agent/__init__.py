@@ -1,0 +1,1 @@
+"""The llmctl agent: the inference engine, its HTTP server, the benchmark and the host daemon."""

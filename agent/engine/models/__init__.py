@@ -1,0 +1,1 @@
+"""Model forwards owned by the engine."""

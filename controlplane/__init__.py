@@ -1,0 +1,1 @@
+"""The llmctl control plane: deployments, revisions, agents, gateway, optimizer."""

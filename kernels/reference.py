@@ -1,0 +1,107 @@
+"""Plain-torch implementations of every op the engine uses: the oracle for the Triton kernels and the
+CPU path. Shapes use T = tokens in the flat batch, H = query heads, KVH = KV heads, D = head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + residual) normalised, and the new residual. Upcasts to fp32 like the HF Llama reference.
+
+    Memory traffic: reads x (and residual) once, writes out (and residual) once.
+    """
+    if residual is not None:
+        x = x + residual
+    residual = x
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype), residual
+
+
+def rotary_embedding(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox-style rotary embedding. q: [T, H, D], k: [T, KVH, D], cos/sin: [T, D] already in q's dtype."""
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    return rotate(q), rotate(k)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[T, 2I] -> [T, I]: silu(gate) * up."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def write_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Scatter k/v [T, KVH, D] into the pools [num_blocks, block_size, KVH, D] at flat slot indices [T]."""
+    kvh, d = k.shape[1], k.shape[2]
+    k_cache.view(-1, kvh, d).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, kvh, d).index_copy_(0, slot_mapping, v)
+
+
+def paged_attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One query token per sequence over its cached context.
+
+    q: [B, H, D]; slots: [B, L] flat slot of each context position (padded); mask: [B, L] True where valid.
+    The reference gathers each sequence's K/V into a padded [B, KVH, L, D] copy: traffic is 2x the KV read.
+    """
+    kvh, d = k_cache.shape[-2], k_cache.shape[-1]
+    k = k_cache.view(-1, kvh, d)[slots].transpose(1, 2)  # [B, KVH, L, D]
+    v = v_cache.view(-1, kvh, d)[slots].transpose(1, 2)
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2), k, v, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
+    )
+    return out.squeeze(2)  # [B, H, D]
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    context_start: int,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of one sequence's new tokens against its cached context plus themselves.
+
+    q: [n, H, D] for positions context_start .. context_start+n-1; slots: [context_start + n] flat slots
+    of every position so far (the new tokens' K/V are already written). Returns [n, H, D].
+    """
+    kvh, d = k_cache.shape[-2], k_cache.shape[-1]
+    n = q.shape[0]
+    k = k_cache.view(-1, kvh, d)[slots].transpose(0, 1)  # [KVH, ctx, D]
+    v = v_cache.view(-1, kvh, d)[slots].transpose(0, 1)
+    qh = q.transpose(0, 1)  # [H, n, D]
+    if context_start == 0:
+        out = F.scaled_dot_product_attention(qh, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    else:
+        ctx = context_start + n
+        rows = torch.arange(context_start, ctx, device=q.device)[:, None]
+        mask = torch.arange(ctx, device=q.device)[None, :] <= rows  # [n, ctx]
+        out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out.transpose(0, 1)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return F.linear(x, weight, bias)

@@ -1,0 +1,1 @@
+"""The llmctl operator dashboard (Textual)."""
