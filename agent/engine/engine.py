@@ -122,6 +122,8 @@ class LLMEngine:
         self.requests: dict[str, Sequence] = {}
         self._counters = {"prompt": 0, "generation": 0, "prefilled": 0}
         self._peak = (0, 0.0)
+        self.logits_observer = None
+        """Optional callable(request_ids, logits [S, vocab]) seeing every step's logits (tests, evaluation)."""
 
     def _eos_ids(self, hf_config) -> set[int]:
         ids = set()
@@ -205,6 +207,8 @@ class LLMEngine:
             return []
         self._track_kv(batch)
         logits, samplers = self.runner.execute(batch)
+        if self.logits_observer is not None:
+            self.logits_observer([s.request_id for s in samplers], logits)
         result = self.sampler(logits, [s.params for s in samplers], [s.generator for s in samplers])
         return self._update(batch, samplers, result)
 
