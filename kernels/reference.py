@@ -67,8 +67,11 @@ def paged_attention_decode(
     The reference gathers each sequence's K/V into a padded [B, KVH, L, D] copy: traffic is 2x the KV read.
     """
     kvh, d = k_cache.shape[-2], k_cache.shape[-1]
-    k = k_cache.view(-1, kvh, d)[slots].transpose(1, 2)  # [B, KVH, L, D]
-    v = v_cache.view(-1, kvh, d)[slots].transpose(1, 2)
+    b, L = slots.shape
+    flat = slots.flatten()
+    # index_select on the flattened pool is ~2x faster than advanced indexing on CPU.
+    k = k_cache.view(-1, kvh, d).index_select(0, flat).view(b, L, kvh, d).transpose(1, 2)  # [B, KVH, L, D]
+    v = v_cache.view(-1, kvh, d).index_select(0, flat).view(b, L, kvh, d).transpose(1, 2)
     out = F.scaled_dot_product_attention(
         q.unsqueeze(2), k, v, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
     )
@@ -90,8 +93,8 @@ def prefill_attention(
     """
     kvh, d = k_cache.shape[-2], k_cache.shape[-1]
     n = q.shape[0]
-    k = k_cache.view(-1, kvh, d)[slots].transpose(0, 1)  # [KVH, ctx, D]
-    v = v_cache.view(-1, kvh, d)[slots].transpose(0, 1)
+    k = k_cache.view(-1, kvh, d).index_select(0, slots).transpose(0, 1)  # [KVH, ctx, D]
+    v = v_cache.view(-1, kvh, d).index_select(0, slots).transpose(0, 1)
     qh = q.transpose(0, 1)  # [H, n, D]
     if context_start == 0:
         out = F.scaled_dot_product_attention(qh, k, v, is_causal=True, scale=scale, enable_gqa=True)
