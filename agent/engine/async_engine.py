@@ -132,5 +132,8 @@ class AsyncEngine:
             log.exception("engine loop crashed")
             self.error = exc
             dead = EngineDeadError(f"engine loop crashed: {exc!r}")
-            for rid in list(self._streams):
-                self._deliver(rid, dead)
+        else:
+            dead = EngineDeadError("the engine was stopped")
+        for rid in list(self._streams):
+            self._deliver(rid, dead)
+            self.engine.abort(rid)
