@@ -265,10 +265,12 @@ class LLMEngine:
             seq.text += seq.detokenizer.flush()
             seq.finish_reason = "stop"
             return
+        prev_len = len(seq.text)
         seq.text += seq.detokenizer.add(token)
-        if p.stop:
-            window = len(seq.text) - max(map(len, p.stop)) - 8
-            hits = [(seq.text.find(s, max(0, window)), s) for s in p.stop]
+        if p.stop and len(seq.text) > prev_len:
+            # A stop string may begin in earlier text and end in this delta.
+            window = max(0, prev_len - max(map(len, p.stop)) + 1)
+            hits = [(seq.text.find(s, window), s) for s in p.stop]
             hits = [(i, s) for i, s in hits if i >= 0]
             if hits:
                 i, s = min(hits)

@@ -60,7 +60,7 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed_tokens, budget)
-            if n < seq.num_uncomputed_tokens and not self.config.enable_chunked_prefill:
+            if self._must_wait_for_whole(seq, n):
                 i += 1
                 continue
             while not self.blocks.can_grow(seq, n):
@@ -83,7 +83,7 @@ class Scheduler:
             seq = self.waiting[0]
             self.blocks.admit(seq)
             n = min(seq.num_uncomputed_tokens, budget)
-            if n < seq.num_uncomputed_tokens and not self.config.enable_chunked_prefill:
+            if self._must_wait_for_whole(seq, n):
                 self.blocks.release(seq)
                 break
             if not self.blocks.can_grow(seq, n):
@@ -98,6 +98,14 @@ class Scheduler:
             batch.num_new_tokens.append(n)
             budget -= n
         return batch
+
+    def _must_wait_for_whole(self, seq: Sequence, n: int) -> bool:
+        """Without chunked prefill a prompt runs whole; but a preempted sequence whose prompt plus
+        outputs outgrew the budget could never run whole, so its recomputation is chunked."""
+        return (
+            not self.config.enable_chunked_prefill
+            and n < seq.num_uncomputed_tokens <= self.config.max_num_batched_tokens
+        )
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
