@@ -1,0 +1,228 @@
+"""llmctl bench: the seeded workload, option checks, metric arithmetic, and real end-to-end runs on a tiny
+random Llama (in-process engine, transformers baselines, a live `llmctl serve`, and the CLI)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from rich.console import Console
+from transformers import AutoTokenizer
+from typer.testing import CliRunner
+
+from agent.bench import BenchOptions, RequestResult, make_workload, parse_range, resolve_dtype, run_bench
+from tests.factories import make_tiny_llama, make_tokenizer
+
+RUN_KEYS = {"name", "output_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms", "itl_ms",
+            "total_output_tokens", "wall_s"}
+DIST_KEYS = {"mean", "p50", "p95", "p99"}
+
+
+def options(**overrides) -> BenchOptions:
+    fields = dict(requests=6, input_len="4:24", output_len="2:7", shared_prefix_len=0, request_rate="inf",
+                  seed=0, baselines="", hf_batch_size=4, url=None, compare_prefix_caching=False,
+                  run_engine=True, json_path=None)
+    fields.update(overrides)
+    return BenchOptions.from_cli(**fields)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("bench") / "tiny-llama")
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def check_json(data: dict, names: list[str], drawn: list[int]) -> None:
+    assert [run["name"] for run in data["runs"]] == names
+    for run in data["runs"]:
+        assert RUN_KEYS <= run.keys()
+        for key in ("ttft_ms", "tpot_ms", "itl_ms"):
+            assert run[key].keys() == DIST_KEYS
+            assert run[key]["p50"] <= run[key]["p99"]
+        assert run["output_tokens_per_request"] == drawn, run["name"]
+        assert run["total_output_tokens"] == sum(drawn)
+        assert run["output_tokens_per_s"] > 0 and run["wall_s"] > 0
+    assert data["workload"]["output_len"] == [2, 7]
+
+
+def test_workload_is_seeded_bounded_and_shares_its_prefix():
+    tokenizer = make_tokenizer()
+    opts = options(requests=40, shared_prefix_len=5, seed=3)
+    first, again = make_workload(tokenizer, opts), make_workload(tokenizer, opts)
+    assert first == again
+    assert first != make_workload(tokenizer, options(requests=40, shared_prefix_len=5, seed=4))
+    prefix = first[0].prompt_token_ids[:5]
+    special = set(tokenizer.all_special_ids)
+    for req in first:
+        assert req.prompt_token_ids[:5] == prefix
+        assert 4 <= len(req.prompt_token_ids) - 5 <= 24
+        assert 2 <= req.output_len <= 7
+        assert req.arrival_s == 0.0
+        assert not special & set(req.prompt_token_ids)
+    assert len({r.output_len for r in first}) > 1 and len({len(r.prompt_token_ids) for r in first}) > 1
+
+
+def test_poisson_arrivals_follow_the_request_rate():
+    workload = make_workload(make_tokenizer(), options(requests=400, request_rate="20"))
+    arrivals = [r.arrival_s for r in workload]
+    assert arrivals[0] == 0.0 and arrivals == sorted(arrivals)
+    assert 0.04 < arrivals[-1] / 399 < 0.06
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"input_len": "8"}, None),
+    ({"input_len": "0:8"}, "--input-len must look like A:B with 1 <= A <= B"),
+    ({"input_len": "9:8"}, "--input-len must look like A:B"),
+    ({"output_len": "a:b"}, "--output-len must look like A:B"),
+    ({"requests": 0}, "--requests must be >= 1"),
+    ({"request_rate": "fast"}, "--request-rate must be a positive number or inf"),
+    ({"request_rate": "0"}, "--request-rate must be a positive number or inf"),
+    ({"shared_prefix_len": -1}, "--shared-prefix-len must be >= 0"),
+    ({"baselines": "hf-sequential,vllm"}, "unknown baseline 'vllm'"),
+    ({"hf_batch_size": 0}, "--hf-batch-size must be >= 1"),
+    ({"url": "localhost:8000"}, "--url must start with http"),
+    ({"run_engine": False}, "nothing to run"),
+    ({"run_engine": False, "compare_prefix_caching": True, "baselines": "hf-static"}, "needs the in-process"),
+])
+def test_bench_options_reject_bad_values(overrides, message):
+    if message is None:
+        assert options(**overrides).input_len == (8, 8)
+        return
+    with pytest.raises(ValueError, match=message):
+        options(**overrides)
+
+
+def test_url_turns_the_in_process_engine_off():
+    opts = options(url="http://127.0.0.1:9/v1/")
+    assert opts.url == "http://127.0.0.1:9/v1" and not opts.run_engine
+    assert parse_range("--x", " 3:5 ") == (3, 5)
+
+
+def test_dtype_auto_follows_the_hardware():
+    assert resolve_dtype("float32") == "float32"
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if native_bf16 else "float32")
+
+
+def test_latencies_count_a_multi_token_delta_as_simultaneous_tokens():
+    # Arrived at 1.0; one token at 1.5, then a delta of two tokens at 2.0, then one at 2.3.
+    result = RequestResult(0, 1.0, [1.5, 2.0, 2.0, 2.3])
+    assert result.ttft_s == 0.5
+    assert result.e2e_s == pytest.approx(1.3)
+    assert result.tpot_s == pytest.approx(0.8 / 3)
+    assert result.itls_s == pytest.approx([0.5, 0.0, 0.3])
+    assert RequestResult(1, 0.0, [0.25]).tpot_s is None
+
+
+def test_engine_and_hf_baselines_produce_every_drawn_token(tiny_model, tmp_path):
+    from agent.engine.config import EngineConfig
+
+    out = tmp_path / "bench.json"
+    # Staggered arrivals: requests admitted in the same step as the first one cannot hit its prefix yet.
+    opts = options(baselines="hf-sequential,hf-static", json_path=str(out), shared_prefix_len=16,
+                   compare_prefix_caching=True, request_rate="20")
+    report = run_bench(opts, EngineConfig(model=str(tiny_model), dtype="float32"), console=quiet())
+    data = json.loads(out.read_text())
+    drawn = [r.output_len for r in report.workload]
+    check_json(data, ["hf-sequential", "hf-static", "llmctl", "llmctl-no-prefix-cache"], drawn)
+    assert data["dtype"] == "float32"
+    engine_runs = {run["name"]: run for run in data["runs"][2:]}
+    for run in engine_runs.values():
+        assert run["peak_kv_bytes"] > 0 and 0 <= run["peak_kv_waste"] < 1
+    # Every prompt starts with the same 16-token block, so the cached run skips recomputing it.
+    assert engine_runs["llmctl"]["prefix_cache_hit_rate"] > 0
+    assert engine_runs["llmctl-no-prefix-cache"]["prefix_cache_hit_rate"] == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tiny_model):
+    port = free_port()
+    llmctl = Path(sys.executable).parent / "llmctl"
+    proc = subprocess.Popen(
+        [str(llmctl), "serve", str(tiny_model), "--port", str(port), "--dtype", "float32"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                log = proc.stderr.read().decode()[-2000:]
+                pytest.fail(f"llmctl serve exited with {proc.returncode}: {log}")
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("llmctl serve did not answer /v1/models within 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_url_run_streams_every_drawn_token_from_a_live_server(server, tiny_model, tmp_path):
+    out = tmp_path / "url.json"
+    # No --model: the tokenizer comes from the model the server names in /v1/models.
+    opts = options(url=server + "/v1", json_path=str(out), request_rate="50")
+    report = run_bench(opts, None, console=quiet())
+    data = json.loads(out.read_text())
+    drawn = [r.output_len for r in report.workload]
+    check_json(data, ["url"], drawn)
+    assert data["dtype"] is None and data["workload"]["request_rate"] == 50.0
+
+    # With --model as well, the model only supplies the tokenizer: same prompts, still no local engine run.
+    from agent.engine.config import EngineConfig
+
+    again = run_bench(opts, EngineConfig(model=str(tiny_model), dtype="float32"), console=quiet())
+    assert [run.name for run in again.runs] == ["url"]
+    assert again.workload == report.workload
+
+
+def test_cli_bench_writes_json_and_rejects_bad_ranges(tiny_model, tmp_path):
+    from controlplane.cli import app
+
+    out = tmp_path / "cli.json"
+    args = ["bench", "--model", str(tiny_model), "--requests", "6", "--input-len", "4:24",
+            "--output-len", "2:7", "--dtype", "float32", "--baselines", "hf-static", "--hf-batch-size", "3",
+            "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "x vs hf-" in result.output and "latency (ms)" in result.output
+    drawn = [r.output_len for r in make_workload(AutoTokenizer.from_pretrained(tiny_model), options())]
+    check_json(json.loads(out.read_text()), ["hf-static", "llmctl"], drawn)
+
+    bad = CliRunner().invoke(app, ["bench", "--model", str(tiny_model), "--input-len", "9:3"])
+    assert bad.exit_code == 2
+    assert "--input-len must look like A:B with 1 <= A <= B" in bad.output
+
+
+def test_a_workload_longer_than_the_context_is_rejected_before_loading(tiny_model):
+    from agent.engine.config import EngineConfig
+
+    config = EngineConfig(model=str(tiny_model), dtype="float32")
+    with pytest.raises(ValueError, match="the longest request needs 560 tokens .* context limit is 512"):
+        run_bench(options(input_len="100:500", output_len="10:60"), config, console=quiet())
