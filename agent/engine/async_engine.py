@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from agent.engine.config import EngineConfig
 from agent.engine.engine import LLMEngine
-from agent.engine.errors import EngineError
+from agent.engine.errors import EngineError, InvalidRequest
 from agent.engine.sampling import SamplingParams
 from agent.engine.sequence import RequestOutput
 
@@ -70,6 +70,8 @@ class AsyncEngine:
         if not self.is_running:
             raise EngineDeadError(f"the engine loop is not running ({self.error or 'not started'})")
         request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self._streams:
+            raise InvalidRequest(f"request id {request_id!r} is already in use")
         ids = self.engine.validate(prompt, params)  # raises InvalidRequest here, in the caller
         q: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (asyncio.get_running_loop(), q)

@@ -321,10 +321,16 @@ class LLMEngine:
         for rid, prompt, p in zip(ids, prompts, plist, strict=True):
             self.add_request(rid, prompt, p)
         final: dict[str, RequestOutput] = {}
+        logprobs: dict[str, list] = {rid: [] for rid in ids}
         while self.has_unfinished():
             for out in self.step():
+                if out.output.logprobs:
+                    logprobs.setdefault(out.request_id, []).extend(out.output.logprobs)
                 if out.finished:
                     final[out.request_id] = out
+        for rid, out in final.items():
+            if out.output.logprobs is not None:
+                out.output.logprobs = logprobs[rid]  # the whole request's, not just the last delta
         return [final[rid] for rid in ids]
 
     def stats(self) -> EngineStats:

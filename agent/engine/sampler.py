@@ -36,6 +36,8 @@ def apply_filters(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
         if need_k:
             k = torch.where(top_k > 0, top_k, vocab)
             drop |= ranks >= k[:, None]
+            # top-p then applies to the distribution renormalised over the top-k survivors.
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         if need_p:
             probs = sorted_logits.softmax(-1)
             # Drop a token if the tokens ranked above it already reach top_p; the best is always kept.
