@@ -19,11 +19,13 @@ write_kv = reference.write_kv
 paged_attention_decode = reference.paged_attention_decode
 prefill_attention = reference.prefill_attention
 linear = reference.linear
+prepack_linear_weight = reference.prepack_linear_weight
 
 __all__ = [
     "BACKEND",
     "linear",
     "paged_attention_decode",
+    "prepack_linear_weight",
     "prefill_attention",
     "rms_norm",
     "rotary_embedding",

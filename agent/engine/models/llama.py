@@ -137,8 +137,7 @@ class LlamaModel(nn.Module):
             x = layer.mlp(h)
         x = x[batch.logits_rows]
         h, _ = kernels.rms_norm(x, self.norm, self.cfg.rms_norm_eps, residual[batch.logits_rows])
-        head = self.embed_tokens if self.lm_head is None else self.lm_head
-        return kernels.linear(h, head).float()
+        return kernels.linear(h, self.head_weight).float()
 
 
 def hf_to_engine_state_dict(hf: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
@@ -179,4 +178,13 @@ def build_model(cfg, hf_state_dict: dict[str, torch.Tensor], dtype: torch.dtype,
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
     model.inv_freq = rope_inv_freq(model.head_dim, theta, rope).to(device)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            packed = kernels.prepack_linear_weight(module.weight.data)
+            if packed is not module.weight.data:
+                del module.weight
+                module.register_buffer("weight", packed, persistent=False)
+    # The LM head reads the (tied) embedding as a matmul weight; a packed copy costs vocab x hidden.
+    head = model.embed_tokens if model.lm_head is None else model.lm_head
+    model.head_weight = kernels.prepack_linear_weight(head.data)
     return model.eval()
