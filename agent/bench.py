@@ -480,8 +480,11 @@ def run_bench(options: BenchOptions, config=None, console=None) -> BenchReport:
 
         if options.baselines:
             from agent.bench_hf import run_baselines
+            from agent.engine.threads import run_in_fresh_thread
 
-            runs += run_baselines(folder, dtype, config, options, workload, warmup, tokenizer, advancer)
+            runs += run_in_fresh_thread(
+                run_baselines, folder, dtype, config, options, workload, warmup, tokenizer, advancer
+            )
         if options.run_engine:
             variants = [("llmctl", config)]
             if options.compare_prefix_caching:

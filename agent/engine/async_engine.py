@@ -22,42 +22,81 @@ from agent.engine.sequence import RequestOutput
 log = logging.getLogger(__name__)
 
 
+def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
+    for q, item in batch:
+        q.put_nowait(item)
+
+
 class EngineDeadError(EngineError):
     """The background loop stopped; requests cannot be served."""
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine | None):
         self.engine = engine
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
+        self._go = threading.Event()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._thread: threading.Thread | None = None
+        self._started = False
         self._stopping = False
         self._ids = itertools.count()
         self.error: BaseException | None = None
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> AsyncEngine:
-        return cls(LLMEngine(config))
+        """Build the engine in the thread that will step it (see agent/engine/threads.py for why)."""
+        self = cls(None)
+        built = threading.Event()
+        self._spawn(lambda: LLMEngine(config), built)
+        built.wait()
+        if self.error is not None:
+            self._thread.join()
+            raise self.error
+        return self
+
+    def _spawn(self, build, built: threading.Event) -> None:
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(build, built), name="llmctl-engine", daemon=True
+        )
+        self._thread.start()
+
+    def _thread_main(self, build, built: threading.Event) -> None:
+        if build is not None:
+            try:
+                self.engine = build()
+            except BaseException as exc:  # raised to from_config's caller
+                self.error = exc
+                return
+            finally:
+                built.set()
+        self._go.wait()
+        if not self._stopping:
+            self._loop()
 
     @property
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._started and self._thread is not None and self._thread.is_alive()
 
     async def start(self) -> None:
         if self.is_running:
             return
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="llmctl-engine", daemon=True)
-        self._thread.start()
+        if self._thread is None or not self._thread.is_alive():
+            self._go.clear()
+            self._spawn(None, threading.Event())
+        self._started = True
+        self._go.set()
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._go.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        self._started = False
 
     def stats(self):
         return self.engine.stats()
@@ -98,10 +137,18 @@ class AsyncEngine:
 
     # -- the loop thread --------------------------------------------------------------------
     def _deliver(self, request_id: str, item) -> None:
-        stream = self._streams.get(request_id)
-        if stream is not None:
-            loop, q = stream
-            loop.call_soon_threadsafe(q.put_nowait, item)
+        self._deliver_many([(request_id, item)])
+
+    def _deliver_many(self, items: list[tuple[str, object]]) -> None:
+        """One wake-up per event loop per step: waking the caller's loop once per request would make
+        it fight the engine thread for the GIL between every op of the next step."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+        for rid, item in items:
+            stream = self._streams.get(rid)
+            if stream is not None:
+                by_loop.setdefault(stream[0], []).append((stream[1], item))
+        for loop, batch in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, batch)
 
     def _drain_commands(self) -> None:
         while True:
@@ -128,8 +175,7 @@ class AsyncEngine:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
                     continue
-                for out in self.engine.step():
-                    self._deliver(out.request_id, out)
+                self._deliver_many([(out.request_id, out) for out in self.engine.step()])
         except BaseException as exc:  # a crash in the loop must reach every waiting client
             log.exception("engine loop crashed")
             self.error = exc
