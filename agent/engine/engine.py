@@ -235,7 +235,6 @@ class LLMEngine:
             start = seq.num_computed_tokens
             self._counters["prefilled"] += max(0, min(start + n, seq.num_prompt_tokens) - start)
             seq.num_computed_tokens += n
-            self.block_manager.cache_computed_blocks(seq)
         outputs = []
         for row, seq in enumerate(samplers):
             token = result.token_ids[row]

@@ -94,11 +94,16 @@ class BlockManager:
             self.counters.queries += seq.num_prompt_tokens
             self.counters.hits += min(seq.num_cached_tokens, seq.num_prompt_tokens)
 
-    def cache_computed_blocks(self, seq: Sequence) -> None:
-        """Publish the sequence's newly completed full blocks so later requests can reuse them."""
+    def cache_computed_blocks(self, seq: Sequence, num_tokens: int | None = None) -> None:
+        """Publish the sequence's full blocks within its first num_tokens (default: those computed).
+
+        The scheduler publishes blocks in the step that computes them: every layer writes all of a
+        step's new K/V before any attention reads, so a request admitted later in the same step can
+        already share them (and a sequence scheduled this step is never preempted in it).
+        """
         if not self.enable_prefix_caching:
             return
-        full = seq.num_computed_tokens // self.block_size
+        full = (seq.num_computed_tokens if num_tokens is None else num_tokens) // self.block_size
         done = len(seq.block_hashes)
         if full <= done:
             return

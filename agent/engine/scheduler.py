@@ -71,6 +71,7 @@ class Scheduler:
                     break
             else:
                 self.blocks.grow(seq, n)
+                self.blocks.cache_computed_blocks(seq, seq.num_computed_tokens + n)
                 batch.seqs.append(seq)
                 batch.num_new_tokens.append(n)
                 budget -= n
@@ -92,6 +93,7 @@ class Scheduler:
             self.waiting.popleft()
             self.blocks.count_admission(seq)
             self.blocks.grow(seq, n)
+            self.blocks.cache_computed_blocks(seq, seq.num_computed_tokens + n)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             batch.seqs.append(seq)

@@ -176,3 +176,18 @@ def test_smollm2_batch_with_chunking_caching_and_preemption_matches_each_request
     stats = engine.stats()
     assert stats.num_preemptions > 0
     assert stats.num_used_blocks == 0
+
+
+def test_requests_admitted_in_the_same_step_share_a_prefix_computed_in_that_step(tiny_llama):
+    # Blocks are published when scheduled: every layer writes the step's K/V before attention reads,
+    # so the second and third requests reuse the first one's prefix although none was computed yet.
+    rng = random.Random(7)
+    vocab = list(range(10, 300))
+    prefix = [rng.choice(vocab) for _ in range(64)]
+    prompts = [prefix + [rng.choice(vocab) for _ in range(n)] for n in (20, 9, 33)]
+    cached = LLMEngine(config(tiny_llama, enable_prefix_caching=True))
+    outs = cached.generate(prompts, greedy(12))
+    assert [o.num_cached_tokens for o in outs] == [0, 64, 64]
+    assert cached.stats().num_prefilled_tokens == sum(map(len, prompts)) - 2 * 64
+    plain = LLMEngine(config(tiny_llama, enable_prefix_caching=False))
+    assert [o.output.token_ids for o in outs] == batched(plain, prompts, greedy(12))
