@@ -4,6 +4,8 @@ CPU path. Shapes use T = tokens in the flat batch, H = query heads, KVH = KV hea
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -81,6 +83,19 @@ def paged_attention_decode(
     return out.reshape(b, h, d)
 
 
+PREFILL_QUERY_TILE = 512
+"""Query rows per tile: bounds the fp32 score buffer and skips keys a causal tile cannot see."""
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_bias(context_start: int, num_tokens: int, device: str) -> torch.Tensor:
+    """[n, context_start + n] float32, 0 where query i may see key j, -inf elsewhere. Cached: the same
+    chunk shape recurs in every layer of a step."""
+    rows = torch.arange(context_start, context_start + num_tokens, device=device)[:, None]
+    keys = torch.arange(context_start + num_tokens, device=device)[None, :]
+    return torch.zeros(rows.shape[0], keys.shape[1], device=device).masked_fill_(keys > rows, float("-inf"))
+
+
 def prefill_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -93,20 +108,28 @@ def prefill_attention(
 
     q: [n, H, D] for positions context_start .. context_start+n-1; slots: [context_start + n] flat slots
     of every position so far (the new tokens' K/V are already written). Returns [n, H, D].
+    Plain bmm + fp32 softmax: on CPU this beats SDPA, which falls back to its math path under GQA
+    with a mask. Query heads of a KV head are stacked as rows, so K/V are never repeated.
     """
-    kvh, d = k_cache.shape[-2], k_cache.shape[-1]
-    n = q.shape[0]
+    n, h, d = q.shape
+    kvh = k_cache.shape[-2]
+    g = h // kvh
     k = k_cache.view(-1, kvh, d).index_select(0, slots).transpose(0, 1)  # [KVH, ctx, D]
     v = v_cache.view(-1, kvh, d).index_select(0, slots).transpose(0, 1)
-    qh = q.transpose(0, 1)  # [H, n, D]
-    if context_start == 0:
-        out = F.scaled_dot_product_attention(qh, k, v, is_causal=True, scale=scale, enable_gqa=True)
-    else:
-        ctx = context_start + n
-        rows = torch.arange(context_start, ctx, device=q.device)[:, None]
-        mask = torch.arange(ctx, device=q.device)[None, :] <= rows  # [n, ctx]
-        out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-    return out.transpose(0, 1)
+    bias = _causal_bias(context_start, n, str(q.device))
+    qg = q.view(n, kvh, g, d).permute(1, 2, 0, 3)  # [KVH, G, n, D]
+    out = torch.empty(kvh, g, n, d, dtype=q.dtype, device=q.device)
+    for r0 in range(0, n, PREFILL_QUERY_TILE):
+        r1 = min(r0 + PREFILL_QUERY_TILE, n)
+        visible = context_start + r1  # keys past the tile's last row are masked for every row in it
+        rows = r1 - r0
+        scores = torch.bmm(
+            qg[:, :, r0:r1].reshape(kvh, g * rows, d), k[:, :visible].transpose(1, 2)
+        ).view(kvh, g, rows, visible).float()
+        scores.mul_(scale).add_(bias[r0:r1, :visible])
+        probs = scores.softmax(-1).to(q.dtype).view(kvh, g * rows, visible)
+        out[:, :, r0:r1] = torch.bmm(probs, v[:, :visible]).view(kvh, g, rows, d)
+    return out.permute(2, 0, 1, 3).reshape(n, h, d)
 
 
 def prepack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
