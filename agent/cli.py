@@ -6,7 +6,7 @@ Heavy imports (torch, transformers, fastapi) happen inside the commands so `llmc
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,16 +22,16 @@ def fail(message: str) -> None:
 # Engine flags shared by serve / generate / bench.
 Dtype = Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16")]
 BlockSize = Annotated[int, typer.Option("--block-size", help="KV cache block size in tokens")]
-NumKvBlocks = Annotated[Optional[int], typer.Option("--num-kv-blocks", help="Exact KV pool size in blocks")]
-KvCacheMemory = Annotated[Optional[int], typer.Option("--kv-cache-memory", help="KV pool size in bytes")]
+NumKvBlocks = Annotated[int | None, typer.Option("--num-kv-blocks", help="Exact KV pool size in blocks")]
+KvCacheMemory = Annotated[int | None, typer.Option("--kv-cache-memory", help="KV pool size in bytes")]
 MaxNumSeqs = Annotated[int, typer.Option("--max-num-seqs", help="Most sequences in one step")]
 MaxBatchedTokens = Annotated[
     int, typer.Option("--max-num-batched-tokens", help="Most tokens (prefill + decode) in one step")
 ]
-MaxModelLen = Annotated[Optional[int], typer.Option("--max-model-len", help="Context limit")]
+MaxModelLen = Annotated[int | None, typer.Option("--max-model-len", help="Context limit")]
 PrefixCaching = Annotated[bool, typer.Option("--enable-prefix-caching/--no-prefix-caching")]
 ChunkedPrefill = Annotated[bool, typer.Option("--enable-chunked-prefill/--no-chunked-prefill")]
-Threads = Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads")]
+Threads = Annotated[int | None, typer.Option("--threads", help="torch CPU threads")]
 
 
 def engine_config(model: str, **flags):
@@ -55,7 +55,7 @@ def serve(
     model: Annotated[str, typer.Argument(help="Short name, HF folder, .gguf file or hub id")],
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
-    served_model_name: Annotated[Optional[str], typer.Option(help="Model name in the API")] = None,
+    served_model_name: Annotated[str | None, typer.Option(help="Model name in the API")] = None,
     dtype: Dtype = "auto",
     block_size: BlockSize = 16,
     num_kv_blocks: NumKvBlocks = None,
@@ -91,7 +91,7 @@ def generate(
     temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
     top_p: Annotated[float, typer.Option()] = 1.0,
     top_k: Annotated[int, typer.Option()] = 0,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
     chat: Annotated[bool, typer.Option("--chat/--raw", help="Wrap the prompt in the chat template")] = True,
     dtype: Dtype = "auto",
     threads: Threads = None,
@@ -121,8 +121,8 @@ def generate(
 
 
 def bench(
-    model: Annotated[Optional[str], typer.Option("--model", help="Model for the engine and baselines")] = None,
-    url: Annotated[Optional[str], typer.Option("--url", help="Benchmark an OpenAI-compatible server")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model for the engine and baselines")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Benchmark an OpenAI-compatible server")] = None,
     requests: Annotated[int, typer.Option("--requests")] = 64,
     input_len: Annotated[str, typer.Option("--input-len", help="A:B prompt tokens")] = "32:512",
     output_len: Annotated[str, typer.Option("--output-len", help="A:B output tokens")] = "16:256",
@@ -133,7 +133,7 @@ def bench(
     hf_batch_size: Annotated[int, typer.Option("--hf-batch-size")] = 16,
     compare_prefix_caching: Annotated[bool, typer.Option("--compare-prefix-caching")] = False,
     no_engine: Annotated[bool, typer.Option("--no-engine", help="Run only the baselines")] = False,
-    json_path: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON")] = None,
+    json_path: Annotated[str | None, typer.Option("--json", help="Write results as JSON")] = None,
     dtype: Dtype = "auto",
     block_size: BlockSize = 16,
     num_kv_blocks: NumKvBlocks = None,

@@ -1,9 +1,13 @@
-"""The only way the engine reaches an op. Triton kernels are chosen for CUDA tensors once they exist;
-everything else runs the torch reference. `LLMCTL_KERNELS=reference|triton` forces one (read once, here).
+"""The only way the engine reaches an op.
+
+Triton kernels run for CUDA tensors, the torch reference everywhere else. `LLMCTL_KERNELS=reference`
+or `=triton` forces one (read once, here; `triton` on CPU tensors needs TRITON_INTERPRET=1). Ops with
+no Triton kernel (linear, weight prepacking) always use the reference.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 from kernels import reference
@@ -12,12 +16,57 @@ BACKEND = os.environ.get("LLMCTL_KERNELS", "auto")
 if BACKEND not in ("auto", "reference", "triton"):
     raise ValueError(f"LLMCTL_KERNELS must be auto, reference or triton, got {BACKEND!r}")
 
-rms_norm = reference.rms_norm
-rotary_embedding = reference.rotary_embedding
-silu_and_mul = reference.silu_and_mul
-write_kv = reference.write_kv
-paged_attention_decode = reference.paged_attention_decode
-prefill_attention = reference.prefill_attention
+TRITON_OPS = (
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "write_kv",
+    "paged_attention_decode",
+    "prefill_attention",
+)
+
+
+@functools.cache
+def _triton_module():
+    from kernels import triton as triton_kernels
+
+    return triton_kernels
+
+
+def _triton_op(name: str):
+    module = _triton_module()
+    return getattr(module, name, None) or getattr(reference, name)
+
+
+def _by_device(name: str):
+    ref = getattr(reference, name)
+
+    @functools.wraps(ref)
+    def dispatch(first, *args, **kwargs):
+        if first.is_cuda:
+            return _triton_op(name)(first, *args, **kwargs)
+        return ref(first, *args, **kwargs)
+
+    return dispatch
+
+
+def _bind(name: str):
+    if name not in TRITON_OPS or BACKEND == "reference":
+        return getattr(reference, name)
+    if BACKEND == "triton":
+        return _triton_op(name)
+    import torch
+
+    # No GPU in this process: skip the per-call device check entirely.
+    return _by_device(name) if torch.cuda.is_available() else getattr(reference, name)
+
+
+rms_norm = _bind("rms_norm")
+rotary_embedding = _bind("rotary_embedding")
+silu_and_mul = _bind("silu_and_mul")
+write_kv = _bind("write_kv")
+paged_attention_decode = _bind("paged_attention_decode")
+prefill_attention = _bind("prefill_attention")
 linear = reference.linear
 prepack_linear_weight = reference.prepack_linear_weight
 
@@ -25,8 +74,8 @@ __all__ = [
     "BACKEND",
     "linear",
     "paged_attention_decode",
-    "prepack_linear_weight",
     "prefill_attention",
+    "prepack_linear_weight",
     "rms_norm",
     "rotary_embedding",
     "silu_and_mul",

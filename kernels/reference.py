@@ -9,6 +9,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from kernels.metadata import DecodeMetadata, PrefillMetadata
+
 
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
@@ -46,41 +48,123 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+FP8_E4M3_MAX = 448.0
+"""Largest finite float8_e4m3fn value: fp8 writes clamp to it instead of overflowing to NaN."""
+
+
+def _check_kv_scales(cache: torch.Tensor, scale: torch.Tensor | None, name: str) -> None:
+    """int8 pools carry per-(token, head) scales [num_blocks, block_size, KVH], fp8 pools per-head [KVH]
+    scales; other pools none."""
+    if cache.dtype == torch.int8:
+        if scale is None or scale.shape != cache.shape[:-1] or scale.dtype != torch.float32:
+            raise ValueError(f"{name} must be float32 {tuple(cache.shape[:-1])} for an int8 pool")
+    elif cache.dtype == torch.float8_e4m3fn:
+        if scale is None or scale.shape != cache.shape[-2:-1] or scale.dtype != torch.float32:
+            raise ValueError(f"{name} must be float32 [{cache.shape[-2]}] for an fp8 pool")
+    elif scale is not None:
+        raise ValueError(f"{name} is only for int8/fp8 pools, got a {cache.dtype} pool")
+
+
+def quantize_kv(
+    x: torch.Tensor, cache_dtype: torch.dtype, scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x [T, KVH, D] -> (codes in cache_dtype, scales). int8: per-(token, head) absmax/127 scales [T, KVH],
+    codes round(x / scale) (half away from zero); fp8: x / scale[KVH] clamped to +-448, cast (RNE)."""
+    xf = x.float()
+    if cache_dtype == torch.int8:
+        s = xf.abs().amax(-1) / 127.0
+        inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
+        y = xf * inv[..., None]
+        codes = (torch.sign(y) * torch.floor(y.abs() + 0.5)).clamp_(-127, 127).to(torch.int8)
+        return codes, s
+    if cache_dtype == torch.float8_e4m3fn:
+        y = (xf / scale[:, None]).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX)
+        return y.to(torch.float8_e4m3fn), None
+    return x.to(cache_dtype), None
+
+
+def dequantize_kv(codes: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """codes [..., KVH, D] -> float32 values. scale: [..., KVH] per token (int8) or [KVH] per head (fp8)."""
+    if scale is None:
+        return codes.float()
+    return codes.float() * scale[..., None]
+
+
 def write_kv(
-    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> None:
-    """Scatter k/v [T, KVH, D] into the pools [num_blocks, block_size, KVH, D] at flat slot indices [T]."""
+    """Scatter k/v [T, KVH, D] into the pools [num_blocks, block_size, KVH, D] at flat slot indices [T].
+
+    int8 pools: the per-(token, head) scale is computed here and stored into k_scale/v_scale
+    [num_blocks, block_size, KVH] at the same slots; fp8 pools: k_scale/v_scale [KVH] are read.
+    """
     kvh, d = k.shape[1], k.shape[2]
-    k_cache.view(-1, kvh, d).index_copy_(0, slot_mapping, k)
-    v_cache.view(-1, kvh, d).index_copy_(0, slot_mapping, v)
+    if k_scale is None and v_scale is None and k_cache.dtype not in (torch.int8, torch.float8_e4m3fn):
+        k_cache.view(-1, kvh, d).index_copy_(0, slot_mapping, k)
+        v_cache.view(-1, kvh, d).index_copy_(0, slot_mapping, v)
+        return
+    for x, cache, scale, name in ((k, k_cache, k_scale, "k_scale"), (v, v_cache, v_scale, "v_scale")):
+        _check_kv_scales(cache, scale, name)
+        codes, token_scale = quantize_kv(x, cache.dtype, scale)
+        cache.view(-1, kvh, d).index_copy_(0, slot_mapping, codes)
+        if token_scale is not None:
+            scale.view(-1, kvh).index_copy_(0, slot_mapping, token_scale)
+
+
+def _gather_kv(
+    cache: torch.Tensor, scale: torch.Tensor | None, slots: torch.Tensor
+) -> torch.Tensor:
+    """[N, KVH, D] float32 values at flat slots [N] of a quantized pool."""
+    kvh, d = cache.shape[-2], cache.shape[-1]
+    codes = cache.view(-1, kvh, d).index_select(0, slots)
+    if scale is not None and scale.dim() > 1:
+        scale = scale.view(-1, kvh).index_select(0, slots)
+    return dequantize_kv(codes, scale)
 
 
 def paged_attention_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    slots: torch.Tensor,
-    mask: torch.Tensor,
+    meta: DecodeMetadata,
     scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One query token per sequence over its cached context.
+    """One query token per sequence over its paged context. q: [B, H, D] -> [B, H, D].
 
-    q: [B, H, D]; slots: [B, L] flat slot of each context position (padded); mask: [B, L] True where valid.
-    The reference gathers each sequence's K/V into a padded [B, KVH, L, D] copy: traffic is 2x the KV read.
+    The reference gathers each sequence's K/V into a padded [B, KVH, L, D] copy: traffic is 2x the KV
+    read, plus the padding. Quantized pools (int8 / fp8 with k_scale, v_scale) are dequantized to
+    float32 on the gather and attended in float32.
     """
     kvh, d = k_cache.shape[-2], k_cache.shape[-1]
+    slots = meta.gather_slots
     b, L = slots.shape
     flat = slots.flatten()
-    # index_select on the flattened pool is ~2x faster than advanced indexing on CPU.
-    k = k_cache.view(-1, kvh, d).index_select(0, flat).view(b, L, kvh, d).transpose(1, 2)  # [B, KVH, L, D]
-    v = v_cache.view(-1, kvh, d).index_select(0, flat).view(b, L, kvh, d).transpose(1, 2)
+    quantized = k_cache.dtype in (torch.int8, torch.float8_e4m3fn)
+    if quantized:
+        _check_kv_scales(k_cache, k_scale, "k_scale")
+        _check_kv_scales(v_cache, v_scale, "v_scale")
+        k = _gather_kv(k_cache, k_scale, flat).view(b, L, kvh, d).transpose(1, 2)  # [B, KVH, L, D] fp32
+        v = _gather_kv(v_cache, v_scale, flat).view(b, L, kvh, d).transpose(1, 2)
+    else:
+        # index_select on the flattened pool is ~2x faster than advanced indexing on CPU.
+        k = k_cache.view(-1, kvh, d).index_select(0, flat).view(b, L, kvh, d).transpose(1, 2)  # [B, KVH, L, D]
+        v = v_cache.view(-1, kvh, d).index_select(0, flat).view(b, L, kvh, d).transpose(1, 2)
     h = q.shape[1]
     # GQA: the query heads of one KV head attend the same context under the same mask, so they go in
     # as that head's "query rows" [B, KVH, H/KVH, D]: each K/V row is read once per group, not per head.
+    qg = q.view(b, kvh, h // kvh, d)
     out = F.scaled_dot_product_attention(
-        q.view(b, kvh, h // kvh, d), k, v, attn_mask=mask[:, None, None, :], scale=scale
+        qg.float() if quantized else qg, k, v, attn_mask=meta.mask[:, None, None, :], scale=scale
     )
-    return out.reshape(b, h, d)
+    return out.reshape(b, h, d).to(q.dtype)
 
 
 PREFILL_QUERY_TILE = 512
@@ -100,9 +184,35 @@ def prefill_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
+    meta: PrefillMetadata,
+    scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Varlen causal prefill: q [T, H, D] holds each sequence's new tokens back to back -> [T, H, D].
+    Quantized pools (int8 / fp8 with k_scale, v_scale) are dequantized to float32 and attended in fp32."""
+    if k_cache.dtype in (torch.int8, torch.float8_e4m3fn):
+        _check_kv_scales(k_cache, k_scale, "k_scale")
+        _check_kv_scales(v_cache, v_scale, "v_scale")
+    out = torch.empty_like(q)
+    r0 = 0
+    for i, (n, start) in enumerate(zip(meta.query_lens, meta.starts, strict=True)):
+        out[r0 : r0 + n] = _prefill_one(
+            q[r0 : r0 + n], k_cache, v_cache, meta.gather_slots[i], start, scale, k_scale, v_scale
+        )
+        r0 += n
+    return out
+
+
+def _prefill_one(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
     slots: torch.Tensor,
     context_start: int,
     scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of one sequence's new tokens against its cached context plus themselves.
 
@@ -114,11 +224,17 @@ def prefill_attention(
     n, h, d = q.shape
     kvh = k_cache.shape[-2]
     g = h // kvh
-    k = k_cache.view(-1, kvh, d).index_select(0, slots).transpose(0, 1)  # [KVH, ctx, D]
-    v = v_cache.view(-1, kvh, d).index_select(0, slots).transpose(0, 1)
+    out_dtype = q.dtype
+    if k_cache.dtype in (torch.int8, torch.float8_e4m3fn):
+        k = _gather_kv(k_cache, k_scale, slots).transpose(0, 1)  # [KVH, ctx, D] fp32
+        v = _gather_kv(v_cache, v_scale, slots).transpose(0, 1)
+        q = q.float()
+    else:
+        k = k_cache.view(-1, kvh, d).index_select(0, slots).transpose(0, 1)  # [KVH, ctx, D]
+        v = v_cache.view(-1, kvh, d).index_select(0, slots).transpose(0, 1)
     bias = _causal_bias(context_start, n, str(q.device))
     qg = q.view(n, kvh, g, d).permute(1, 2, 0, 3)  # [KVH, G, n, D]
-    out = torch.empty(kvh, g, n, d, dtype=q.dtype, device=q.device)
+    out = torch.empty(kvh, g, n, d, dtype=out_dtype, device=q.device)
     for r0 in range(0, n, PREFILL_QUERY_TILE):
         r1 = min(r0 + PREFILL_QUERY_TILE, n)
         visible = context_start + r1  # keys past the tile's last row are masked for every row in it
@@ -128,7 +244,7 @@ def prefill_attention(
         ).view(kvh, g, rows, visible).float()
         scores.mul_(scale).add_(bias[r0:r1, :visible])
         probs = scores.softmax(-1).to(q.dtype).view(kvh, g * rows, visible)
-        out[:, :, r0:r1] = torch.bmm(probs, v[:, :visible]).view(kvh, g, rows, d)
+        out[:, :, r0:r1] = torch.bmm(probs, v[:, :visible]).view(kvh, g, rows, d).to(out_dtype)
     return out.permute(2, 0, 1, 3).reshape(n, h, d)
 
 

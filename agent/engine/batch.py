@@ -10,16 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass
-class PrefillChunk:
-    start: int
-    """Row of the chunk's first token in the flat batch."""
-    num_tokens: int
-    context_start: int
-    """Position of the chunk's first token (= tokens already in the cache before it)."""
-    slots: torch.Tensor
-    """[context_start + num_tokens] flat KV slots of every position of the sequence so far."""
+from kernels.metadata import DecodeMetadata, PrefillMetadata
 
 
 @dataclass
@@ -27,11 +18,15 @@ class ModelInput:
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     slot_mapping: torch.Tensor  # [T] flat KV slot each new token is written to
-    num_decodes: int
-    decode_slots: torch.Tensor | None  # [num_decodes, L] padded context slots
-    decode_mask: torch.Tensor | None  # [num_decodes, L] True where a context position is valid
-    prefills: list[PrefillChunk]
+    decode: DecodeMetadata | None
+    """Rows 0 .. num_decodes-1."""
+    prefill: PrefillMetadata | None
+    """The remaining rows."""
     logits_rows: torch.Tensor  # [S] rows of the flat batch whose next-token logits are needed
+
+    @property
+    def num_decodes(self) -> int:
+        return 0 if self.decode is None else self.decode.num_seqs
 
     @property
     def num_tokens(self) -> int:

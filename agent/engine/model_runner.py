@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from agent.engine.batch import ModelInput, PrefillChunk
+from agent.engine.batch import ModelInput
 from agent.engine.models.llama import LlamaModel
 from agent.engine.scheduler import ScheduledBatch
 from agent.engine.sequence import Sequence
+from kernels.metadata import DecodeMetadata, PrefillMetadata
 
 
 class ModelRunner:
@@ -26,14 +27,19 @@ class ModelRunner:
     def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
         return 2 * model.num_layers * model.num_kv_heads * model.head_dim * torch.tensor([], dtype=dtype).element_size()
 
-    def _slots(self, block_table: list[int], num_positions: int) -> torch.Tensor:
-        bt = torch.tensor(block_table[: -(-num_positions // self.block_size)], dtype=torch.long)
-        offsets = torch.arange(self.block_size, dtype=torch.long)
-        return (bt[:, None] * self.block_size + offsets[None, :]).flatten()[:num_positions]
+    @staticmethod
+    def _tables(seqs: list[Sequence], num_blocks: list[int]) -> torch.Tensor:
+        """[N, max blocks] int32 block tables cut to the blocks each sequence reads, padded with 0."""
+        width = max(num_blocks)
+        return torch.tensor(
+            [s.block_table[:n] + [0] * (width - n) for s, n in zip(seqs, num_blocks, strict=True)],
+            dtype=torch.int32,
+        )
 
     def prepare(self, batch: ScheduledBatch) -> tuple[ModelInput, list[Sequence]]:
         """Build the step's tensors; returns them and the sequences that sample, in logits-row order."""
         bs = self.block_size
+        dev = self.device
         decodes = [s for s, n in zip(batch.seqs, batch.num_new_tokens, strict=True) if n == 1]
         prefills = [(s, n) for s, n in zip(batch.seqs, batch.num_new_tokens, strict=True) if n > 1]
         ids: list[int] = []
@@ -42,16 +48,15 @@ class ModelRunner:
         logits_rows: list[int] = []
         samplers: list[Sequence] = []
 
-        decode_slots = decode_mask = None
+        decode = None
         if decodes:
             ctx = [s.num_computed_tokens + 1 for s in decodes]
-            max_blocks = -(-max(ctx) // bs)
-            tables = torch.tensor([s.block_table[:max_blocks] + [0] * (max_blocks - len(s.block_table[:max_blocks]))
-                                   for s in decodes], dtype=torch.long)
-            pos = torch.arange(max_blocks * bs, dtype=torch.long)
-            decode_slots = tables[:, pos // bs] * bs + (pos % bs)[None, :]  # [B, L]
-            ctx_t = torch.tensor(ctx, dtype=torch.long)
-            decode_mask = pos[None, :] < ctx_t[:, None]
+            decode = DecodeMetadata(
+                block_tables=self._tables(decodes, [-(-c // bs) for c in ctx]).to(dev),
+                context_lens=torch.tensor(ctx, dtype=torch.int32, device=dev),
+                block_size=bs,
+                max_context_len=max(ctx),
+            )
             for row, s in enumerate(decodes):
                 p = s.num_computed_tokens
                 ids.append(s.token_at(p))
@@ -61,27 +66,37 @@ class ModelRunner:
                     logits_rows.append(row)
                     samplers.append(s)
 
-        chunks: list[PrefillChunk] = []
-        for s, n in prefills:
-            start = s.num_computed_tokens
-            slots = self._slots(s.block_table, start + n)
-            chunks.append(PrefillChunk(start=len(ids), num_tokens=n, context_start=start, slots=slots))
-            ids.extend(s.token_slice(start, start + n))
-            positions.extend(range(start, start + n))
-            slot_mapping.extend(slots[start:].tolist())
-            if start + n == s.num_tokens:
-                logits_rows.append(len(ids) - 1)
-                samplers.append(s)
+        prefill = None
+        if prefills:
+            seqs = [s for s, _ in prefills]
+            lens = [n for _, n in prefills]
+            starts = [s.num_computed_tokens for s in seqs]
+            for s, n, start in zip(seqs, lens, starts, strict=True):
+                ids.extend(s.token_slice(start, start + n))
+                positions.extend(range(start, start + n))
+                slot_mapping.extend(s.block_table[p // bs] * bs + p % bs for p in range(start, start + n))
+                if start + n == s.num_tokens:
+                    logits_rows.append(len(ids) - 1)
+                    samplers.append(s)
+            cu = [0]
+            for n in lens:
+                cu.append(cu[-1] + n)
+            prefill = PrefillMetadata(
+                cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
+                context_starts=torch.tensor(starts, dtype=torch.int32, device=dev),
+                block_tables=self._tables(seqs, [-(-(a + n) // bs) for a, n in zip(starts, lens, strict=True)]).to(dev),
+                block_size=bs,
+                query_lens=lens,
+                starts=starts,
+                max_query_len=max(lens),
+            )
 
-        dev = self.device
         model_input = ModelInput(
             input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
             positions=torch.tensor(positions, dtype=torch.long, device=dev),
             slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=dev),
-            num_decodes=len(decodes),
-            decode_slots=None if decode_slots is None else decode_slots.to(dev),
-            decode_mask=None if decode_mask is None else decode_mask.to(dev),
-            prefills=[PrefillChunk(c.start, c.num_tokens, c.context_start, c.slots.to(dev)) for c in chunks],
+            decode=decode,
+            prefill=prefill,
             logits_rows=torch.tensor(logits_rows, dtype=torch.long, device=dev),
         )
         return model_input, samplers

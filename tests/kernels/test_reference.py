@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernels import reference
+from kernels.metadata import DecodeMetadata, PrefillMetadata
 
 
 def fp64_attention(q, k, v, context_start, scale):
@@ -41,7 +42,16 @@ def test_prefill_attention_matches_fp64_causal_attention(dtype, tol, context_sta
     table = torch.randperm(num_blocks)[: -(-ctx // bs)]
     slots = (table[:, None] * bs + torch.arange(bs)).flatten()[:ctx]
     q = torch.randn(n, heads, d, dtype=dtype)
-    out = reference.prefill_attention(q, k_cache, v_cache, slots, context_start, d**-0.5)
+    meta = PrefillMetadata(
+        cu_seqlens_q=torch.tensor([0, n], dtype=torch.int32),
+        context_starts=torch.tensor([context_start], dtype=torch.int32),
+        block_tables=table[None].int(),
+        block_size=bs,
+        query_lens=[n],
+        starts=[context_start],
+        max_query_len=n,
+    )
+    out = reference.prefill_attention(q, k_cache, v_cache, meta, d**-0.5)
     kf, vf = k_cache.view(-1, kv_heads, d)[slots], v_cache.view(-1, kv_heads, d)[slots]
     assert rel_err(out, fp64_attention(q, kf, vf, context_start, d**-0.5)) < tol
 
@@ -56,10 +66,10 @@ def test_paged_decode_attention_matches_fp64_over_ragged_contexts(dtype, tol):
     tables = torch.randperm(num_blocks)[: len(ctx) * (width // bs)].view(len(ctx), -1)
     pos = torch.arange(width)
     slots = tables[:, pos // bs] * bs + pos % bs
-    mask = pos[None, :] < ctx[:, None]
+    meta = DecodeMetadata(tables.int(), ctx.int(), bs, int(ctx.max()))
     q = torch.randn(len(ctx), heads, d, dtype=dtype)
     out = torch.full_like(q, float("nan"))
-    out[:] = reference.paged_attention_decode(q, k_cache, v_cache, slots, mask, d**-0.5)
+    out[:] = reference.paged_attention_decode(q, k_cache, v_cache, meta, d**-0.5)
     for b, c in enumerate(ctx.tolist()):
         kf = k_cache.view(-1, kv_heads, d)[slots[b, :c]]
         vf = v_cache.view(-1, kv_heads, d)[slots[b, :c]]

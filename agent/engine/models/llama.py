@@ -57,15 +57,10 @@ class Attention(nn.Module):
         kernels.write_kv(k, v, k_cache, v_cache, batch.slot_mapping)
         out = torch.empty_like(q)  # [T, H, D]
         nd = batch.num_decodes
-        if nd:
-            out[:nd] = kernels.paged_attention_decode(
-                q[:nd], k_cache, v_cache, batch.decode_slots, batch.decode_mask, self.scale
-            )
-        for chunk in batch.prefills:
-            rows = slice(chunk.start, chunk.start + chunk.num_tokens)
-            out[rows] = kernels.prefill_attention(
-                q[rows], k_cache, v_cache, chunk.slots, chunk.context_start, self.scale
-            )
+        if batch.decode is not None:
+            out[:nd] = kernels.paged_attention_decode(q[:nd], k_cache, v_cache, batch.decode, self.scale)
+        if batch.prefill is not None:
+            out[nd:] = kernels.prefill_attention(q[nd:], k_cache, v_cache, batch.prefill, self.scale)
         return kernels.linear(out.view(t, self.q_size), self.o_proj.weight)
 
 
