@@ -112,7 +112,8 @@ def write_kv(
     for x, cache, scale, name in ((k, k_cache, k_scale, "k_scale"), (v, v_cache, v_scale, "v_scale")):
         _check_kv_scales(cache, scale, name)
         codes, token_scale = quantize_kv(x, cache.dtype, scale)
-        cache.view(-1, kvh, d).index_copy_(0, slot_mapping, codes)
+        # CPU index_copy_ has no fp8 kernel: move fp8 codes as bytes.
+        cache.view(torch.uint8).view(-1, kvh, d).index_copy_(0, slot_mapping, codes.view(torch.uint8))
         if token_scale is not None:
             scale.view(-1, kvh).index_copy_(0, slot_mapping, token_scale)
 
@@ -122,7 +123,7 @@ def _gather_kv(
 ) -> torch.Tensor:
     """[N, KVH, D] float32 values at flat slots [N] of a quantized pool."""
     kvh, d = cache.shape[-2], cache.shape[-1]
-    codes = cache.view(-1, kvh, d).index_select(0, slots)
+    codes = cache.view(torch.uint8).view(-1, kvh, d).index_select(0, slots).view(cache.dtype)
     if scale is not None and scale.dim() > 1:
         scale = scale.view(-1, kvh).index_select(0, slots)
     return dequantize_kv(codes, scale)
