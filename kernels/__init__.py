@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 
-from kernels import reference
+from kernels import quant_reference, reference
 
 BACKEND = os.environ.get("LLMCTL_KERNELS", "auto")
 if BACKEND not in ("auto", "reference", "triton"):
@@ -23,7 +23,13 @@ TRITON_OPS = (
     "write_kv",
     "paged_attention_decode",
     "prefill_attention",
+    "w8a16_linear",
+    "awq_linear",
 )
+
+
+def _reference_op(name: str):
+    return getattr(reference, name, None) or getattr(quant_reference, name)
 
 
 @functools.cache
@@ -35,11 +41,11 @@ def _triton_module():
 
 def _triton_op(name: str):
     module = _triton_module()
-    return getattr(module, name, None) or getattr(reference, name)
+    return getattr(module, name, None) or _reference_op(name)
 
 
 def _by_device(name: str):
-    ref = getattr(reference, name)
+    ref = _reference_op(name)
 
     @functools.wraps(ref)
     def dispatch(first, *args, **kwargs):
@@ -52,13 +58,13 @@ def _by_device(name: str):
 
 def _bind(name: str):
     if name not in TRITON_OPS or BACKEND == "reference":
-        return getattr(reference, name)
+        return _reference_op(name)
     if BACKEND == "triton":
         return _triton_op(name)
     import torch
 
     # No GPU in this process: skip the per-call device check entirely.
-    return _by_device(name) if torch.cuda.is_available() else getattr(reference, name)
+    return _by_device(name) if torch.cuda.is_available() else _reference_op(name)
 
 
 rms_norm = _bind("rms_norm")
@@ -67,6 +73,8 @@ silu_and_mul = _bind("silu_and_mul")
 write_kv = _bind("write_kv")
 paged_attention_decode = _bind("paged_attention_decode")
 prefill_attention = _bind("prefill_attention")
+w8a16_linear = _bind("w8a16_linear")
+awq_linear = _bind("awq_linear")
 linear = reference.linear
 prepack_linear_weight = reference.prepack_linear_weight
 
@@ -79,5 +87,7 @@ __all__ = [
     "rms_norm",
     "rotary_embedding",
     "silu_and_mul",
+    "awq_linear",
+    "w8a16_linear",
     "write_kv",
 ]

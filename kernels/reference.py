@@ -73,7 +73,7 @@ def quantize_kv(
     xf = x.float()
     if cache_dtype == torch.int8:
         s = xf.abs().amax(-1) / 127.0
-        inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
+        inv = 1.0 / torch.where(s > 0, s, torch.ones_like(s))  # an all-zero row has s = 0 and codes 0
         y = xf * inv[..., None]
         codes = (torch.sign(y) * torch.floor(y.abs() + 0.5)).clamp_(-127, 127).to(torch.int8)
         return codes, s
