@@ -15,7 +15,6 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from agent.engine.errors import ModelNotFound, UnsupportedModel
-from agent.engine.gguf_convert import convert_gguf
 from agent.engine.paths import REGISTRY, models_dir, read_marker, sha256_file
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -61,6 +60,9 @@ def _converted_gguf(path: Path, home: Path | None) -> Path:
     sha256 = sha256_file(path)
     folder = models_dir(home) / f"gguf-{sha256[:16]}"
     if read_marker(folder) != sha256:
+        # gguf is needed only to convert: a GPU box serving HF folders does not have it.
+        from agent.engine.gguf_convert import convert_gguf
+
         convert_gguf(path, folder, sha256=sha256)
     return folder
 
