@@ -20,6 +20,8 @@ import triton.language as tl  # noqa: E402
 from triton.runtime import interpreter as _interp  # noqa: E402
 
 from kernels import reference  # noqa: E402
+from tests.kernels.closeness import assert_close as assert_rel_close  # noqa: E402, F401
+from tests.kernels.closeness import rel_err  # noqa: E402, F401
 
 QUANTIZED = (torch.int8, torch.float8_e4m3fn)
 KV_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.float8_e4m3fn]
@@ -56,24 +58,6 @@ def dequantized(cache: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor
     if cache.dtype not in QUANTIZED:
         return cache.double()
     return reference.dequantize_kv(cache, scale).double()
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
-def assert_rel_close(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "output") -> None:
-    """||out - ref|| / ||ref|| < tol, printing the worst elements on failure."""
-    err = rel_err(out, ref)
-    if not err < tol:  # also catches NaN
-        diff = (out.double() - ref.double()).abs().nan_to_num(float("inf")).flatten()
-        worst = diff.topk(min(5, diff.numel())).indices
-        lines = [
-            f"  at {np.unravel_index(i.item(), out.shape)}: got {out.flatten()[i].item():.6g}, "
-            f"want {ref.flatten()[i].item():.6g}"
-            for i in worst
-        ]
-        pytest.fail(f"{what}: rel err {err:.3g} >= {tol:g}; worst elements:\n" + "\n".join(lines))
 
 
 @pytest.fixture

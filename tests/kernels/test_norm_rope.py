@@ -15,26 +15,10 @@ if not torch.cuda.is_available():
 
 from kernels import reference  # noqa: E402
 from kernels.triton import norm_rope  # noqa: E402
+from tests.kernels.closeness import assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)]
-
-
-def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float, name: str) -> None:
-    """||out - ref|| / ||ref|| < tol against an fp64 ref; on failure prints the worst elements."""
-    diff = (out.double() - ref).abs()
-    bad = ~torch.isfinite(out)
-    err = float("inf") if bad.any() else (diff.norm() / ref.norm()).item()
-    if err < tol:
-        return
-    diff = diff.masked_fill(bad, float("inf")).flatten()
-    lines = [f"{name}: relative error {err:.3g} >= {tol:g}; worst elements (index, out, ref):"]
-    for i in diff.topk(min(8, diff.numel())).indices.tolist():
-        idx = tuple(torch.unravel_index(torch.tensor(i), out.shape))
-        lines.append(
-            f"  {tuple(int(j) for j in idx)}: {out.flatten()[i].item():.6g} vs {ref.flatten()[i].item():.6g}"
-        )
-    pytest.fail("\n".join(lines))
 
 
 def assert_same_rounding(out: torch.Tensor, ref: torch.Tensor) -> None:

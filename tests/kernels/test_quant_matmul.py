@@ -13,30 +13,10 @@ import torch  # noqa: E402
 
 from kernels import quant_reference as ref  # noqa: E402
 from kernels.triton import quant_matmul as tq  # noqa: E402
+from tests.kernels.closeness import assert_close as assert_rel_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-5}
-
-
-def assert_rel_close(out: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    """||out - expected|| / ||expected|| < tol (expected in fp64); on failure show the worst elements."""
-    out64 = out.double().cpu()
-    expected = expected.double().cpu()
-    assert torch.isfinite(out64).all(), (
-        f"{what}: non-finite outputs at {(~torch.isfinite(out64)).nonzero()[:8]}"
-    )
-    err = ((out64 - expected).norm() / expected.norm()).item()
-    if err >= tol:
-        diff = (out64 - expected).abs().flatten()
-        worst = diff.topk(min(8, diff.numel())).indices
-        rows = [
-            f"  {tuple(int(i) for i in torch.unravel_index(w, out64.shape))}: "
-            f"got {out64.flatten()[w].item():.6g} want {expected.flatten()[w].item():.6g}"
-            for w in worst
-        ]
-        raise AssertionError(
-            f"{what}: relative error {err:.3g} >= {tol:g}; worst elements:\n" + "\n".join(rows)
-        )
 
 
 def random_awq(k: int, n: int, group: int, dtype: torch.dtype):
