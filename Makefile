@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL ?= smollm2-135m
 
-.PHONY: install up test lint bench clean
+.PHONY: install up test lint bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: install
 	$(BIN)/llmctl models pull $(MODEL)
 	$(BIN)/llmctl bench --model $(MODEL) --requests 64 --input-len 32:512 --output-len 16:256 --seed 0 \
 		--dtype bfloat16 --baselines hf-sequential,hf-static --json bench.json
+
+# On a GPU box with torch + triton installed (no venv needed): kernel tests compiled, kernel and engine
+# benchmarks; results under $$OUT (default ./gpu_out). See benchmarks/gpu_check.sh.
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

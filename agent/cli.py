@@ -24,6 +24,7 @@ Dtype = Annotated[str, typer.Option("--dtype", help="auto | float32 | bfloat16 |
 BlockSize = Annotated[int, typer.Option("--block-size", help="KV cache block size in tokens")]
 NumKvBlocks = Annotated[int | None, typer.Option("--num-kv-blocks", help="Exact KV pool size in blocks")]
 KvCacheMemory = Annotated[int | None, typer.Option("--kv-cache-memory", help="KV pool size in bytes")]
+KvCacheDtype = Annotated[str, typer.Option("--kv-cache-dtype", help="auto | int8 | fp8 (e4m3)")]
 MaxNumSeqs = Annotated[int, typer.Option("--max-num-seqs", help="Most sequences in one step")]
 MaxBatchedTokens = Annotated[
     int, typer.Option("--max-num-batched-tokens", help="Most tokens (prefill + decode) in one step")
@@ -60,6 +61,7 @@ def serve(
     block_size: BlockSize = 16,
     num_kv_blocks: NumKvBlocks = None,
     kv_cache_memory: KvCacheMemory = None,
+    kv_cache_dtype: KvCacheDtype = "auto",
     max_num_seqs: MaxNumSeqs = 64,
     max_num_batched_tokens: MaxBatchedTokens = 2048,
     max_model_len: MaxModelLen = None,
@@ -70,7 +72,7 @@ def serve(
     """Serve a model over an OpenAI-compatible HTTP API."""
     config = engine_config(
         model, dtype=dtype, block_size=block_size, num_kv_blocks=num_kv_blocks,
-        kv_cache_memory=kv_cache_memory, max_num_seqs=max_num_seqs,
+        kv_cache_memory=kv_cache_memory, kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
         enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
         num_threads=threads, served_model_name=served_model_name,
@@ -138,6 +140,7 @@ def bench(
     block_size: BlockSize = 16,
     num_kv_blocks: NumKvBlocks = None,
     kv_cache_memory: KvCacheMemory = None,
+    kv_cache_dtype: KvCacheDtype = "auto",
     max_num_seqs: MaxNumSeqs = 64,
     max_num_batched_tokens: MaxBatchedTokens = 2048,
     enable_prefix_caching: PrefixCaching = True,
@@ -162,7 +165,7 @@ def bench(
         if model is not None:
             config = engine_config(
                 model, dtype=dtype, block_size=block_size, num_kv_blocks=num_kv_blocks,
-                kv_cache_memory=kv_cache_memory, max_num_seqs=max_num_seqs,
+                kv_cache_memory=kv_cache_memory, kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens,
                 enable_prefix_caching=enable_prefix_caching,
                 enable_chunked_prefill=enable_chunked_prefill, num_threads=threads,

@@ -9,6 +9,7 @@ from typing import Any
 from agent.engine.errors import InvalidRequest
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class EngineConfig:
     """Exact size of the KV block pool; overrides kv_cache_memory."""
     kv_cache_memory: int | None = None
     """Bytes for the KV pool (all layers, K and V). Default: 1 GiB on CPU."""
+    kv_cache_dtype: str = "auto"
+    """auto: the model's dtype; int8: per-(token, head) scales; fp8: e4m3 with per-head scales."""
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None
@@ -36,6 +39,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise InvalidRequest(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise InvalidRequest(
+                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"
+            )
         if self.block_size not in (8, 16, 32, 64):
             raise InvalidRequest(f"block_size must be 8, 16, 32 or 64, got {self.block_size}")
         for name in ("max_num_seqs", "max_num_batched_tokens"):

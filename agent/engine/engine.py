@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from agent.engine import kv_pool
 from agent.engine.config import EngineConfig
 from agent.engine.detokenizer import IncrementalDetokenizer
 from agent.engine.errors import InvalidRequest
@@ -49,6 +50,7 @@ class EngineInfo:
     num_kv_blocks: int
     kv_bytes_per_token: int
     dtype: str
+    kv_cache_dtype: str
     eos_token_ids: frozenset[int]
     vocab_size: int
 
@@ -87,7 +89,8 @@ class LLMEngine:
 
         model_max = getattr(hf_config, "max_position_embeddings", None) or 2048
         max_model_len = min(config.max_model_len or model_max, model_max)
-        kv_per_token = ModelRunner.kv_bytes_per_token(model, dtype)
+        kv_dtype = kv_pool.pool_dtype(config.kv_cache_dtype, dtype)
+        kv_per_token = kv_pool.kv_bytes_per_token(model.num_layers, model.num_kv_heads, model.head_dim, kv_dtype)
         if config.num_kv_blocks is not None:
             num_blocks = config.num_kv_blocks
         else:
@@ -109,6 +112,7 @@ class LLMEngine:
             num_kv_blocks=num_blocks,
             kv_bytes_per_token=kv_per_token,
             dtype=str(dtype).removeprefix("torch."),
+            kv_cache_dtype=str(kv_dtype).removeprefix("torch."),
             eos_token_ids=frozenset(self._eos_ids(hf_config)),
             vocab_size=hf_config.vocab_size,
         )
@@ -117,7 +121,7 @@ class LLMEngine:
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill),
             self.block_manager,
         )
-        self.runner = ModelRunner(model, num_blocks, config.block_size, dtype, config.device)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype, config.device)
         self.sampler = Sampler()
         self.requests: dict[str, Sequence] = {}
         self._counters = {"prompt": 0, "generation": 0, "prefilled": 0}

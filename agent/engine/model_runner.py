@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from agent.engine import kv_pool
 from agent.engine.batch import ModelInput
 from agent.engine.models.llama import LlamaModel
 from agent.engine.scheduler import ScheduledBatch
@@ -12,20 +13,13 @@ from kernels.metadata import DecodeMetadata, PrefillMetadata
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, dtype: torch.dtype, device: str):
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, kv_dtype: torch.dtype, device: str):
         self.model = model
         self.block_size = block_size
         self.device = device
-        shape = (num_blocks, block_size, model.num_kv_heads, model.head_dim)
-        # [num_blocks, block_size, KVH, D] per layer, K and V.
-        self.kv_caches = [
-            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-            for _ in range(model.num_layers)
-        ]
-
-    @staticmethod
-    def kv_bytes_per_token(model: LlamaModel, dtype: torch.dtype) -> int:
-        return 2 * model.num_layers * model.num_kv_heads * model.head_dim * torch.tensor([], dtype=dtype).element_size()
+        self.kv_caches = kv_pool.allocate(
+            model.num_layers, num_blocks, block_size, model.num_kv_heads, model.head_dim, kv_dtype, device
+        )
 
     @staticmethod
     def _tables(seqs: list[Sequence], num_blocks: list[int]) -> torch.Tensor:

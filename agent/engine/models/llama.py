@@ -14,6 +14,7 @@ from torch import nn
 import kernels
 from agent.engine.batch import ModelInput
 from agent.engine.errors import UnsupportedModel
+from agent.engine.kv_pool import KVLayer
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
@@ -46,7 +47,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, hidden, bias=False)
         self.scale = head_dim**-0.5
 
-    def forward(self, x, cos, sin, k_cache, v_cache, batch: ModelInput) -> torch.Tensor:
+    def forward(self, x, cos, sin, kv: KVLayer, batch: ModelInput) -> torch.Tensor:
         qkv = kernels.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         t = x.shape[0]
@@ -54,13 +55,18 @@ class Attention(nn.Module):
         k = k.view(t, self.kv_heads, self.head_dim)
         v = v.view(t, self.kv_heads, self.head_dim)
         q, k = kernels.rotary_embedding(q, k, cos, sin)
-        kernels.write_kv(k, v, k_cache, v_cache, batch.slot_mapping)
+        k_cache, v_cache, scales = kv.k, kv.v, kv.scales()
+        kernels.write_kv(k, v, k_cache, v_cache, batch.slot_mapping, **scales)
         out = torch.empty_like(q)  # [T, H, D]
         nd = batch.num_decodes
         if batch.decode is not None:
-            out[:nd] = kernels.paged_attention_decode(q[:nd], k_cache, v_cache, batch.decode, self.scale)
+            out[:nd] = kernels.paged_attention_decode(
+                q[:nd], k_cache, v_cache, batch.decode, self.scale, **scales
+            )
         if batch.prefill is not None:
-            out[nd:] = kernels.prefill_attention(q[nd:], k_cache, v_cache, batch.prefill, self.scale)
+            out[nd:] = kernels.prefill_attention(
+                q[nd:], k_cache, v_cache, batch.prefill, self.scale, **scales
+            )
         return kernels.linear(out.view(t, self.q_size), self.o_proj.weight)
 
 
@@ -120,14 +126,14 @@ class LlamaModel(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     @torch.inference_mode()
-    def forward(self, batch: ModelInput, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def forward(self, batch: ModelInput, kv_caches: list[KVLayer]) -> torch.Tensor:
         """Returns float32 logits [S, vocab] for batch.logits_rows."""
         x = self.embed_tokens[batch.input_ids]
         cos, sin = self.rope_cos_sin(batch.positions, x.dtype)
         residual = None
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
+        for layer, kv in zip(self.layers, kv_caches, strict=True):
             h, residual = kernels.rms_norm(x, layer.input_layernorm, layer.eps, residual)
-            h = layer.self_attn(h, cos, sin, k_cache, v_cache, batch)
+            h = layer.self_attn(h, cos, sin, kv, batch)
             h, residual = kernels.rms_norm(h, layer.post_attention_layernorm, layer.eps, residual)
             x = layer.mlp(h)
         x = x[batch.logits_rows]

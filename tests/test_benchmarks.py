@@ -1,0 +1,52 @@
+"""The GPU benchmark scripts run on CPU (--device cpu --quick: reference kernels, tiny shapes) and write
+their JSON with the documented keys, so the one-shot GPU check (benchmarks/gpu_check.sh) is not its
+own first test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("LLMCTL_KERNELS", None)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), "--device", "cpu", "--quick", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def test_bench_kernels_on_cpu_times_the_reference_ops_and_writes_kernels_json(tmp_path):
+    done = run_script("bench_kernels.py", tmp_path)
+    assert "Triton skipped" in done.stdout
+    data = json.loads((tmp_path / "kernels.json").read_text())
+    assert {"device", "quick", "triton", "triton_skipped_reason", "timer", "copy", "results"} <= data.keys()
+    assert data["triton"] is False and data["copy"]["gbps"] > 0
+    assert {r["op"] for r in data["results"]} == {"paged_decode", "awq_gemv", "w8a16_gemv"}
+    for row in data["results"]:
+        assert "error" not in row, row
+        assert {"case", "bytes", "reference_ms", "reference_gbps", "goal_frac_of_copy"} <= row.keys()
+        assert row["bytes"] > 0 and row["reference_ms"] > 0
+
+
+def test_bench_engine_kernels_on_cpu_runs_the_reference_engine_and_writes_engine_json(tmp_path):
+    run_script("bench_engine_kernels.py", tmp_path)
+    data = json.loads((tmp_path / "engine.json").read_text())
+    expected = {"device", "quick", "dtype", "prompt_len", "output_len", "batches", "backends", "results"}
+    expected.add("ratios")
+    assert expected <= data.keys()
+    assert list(data["backends"]) == ["reference"]
+    assert [r["batch"] for r in data["results"]] == [1, 4]
+    for run in data["results"]:
+        assert run["backend"] == "reference"
+        assert run["decode_tokens"] == run["batch"] * (data["output_len"] - 1)
+        assert run["decode_tokens_per_s"] > 0 and run["total_s"] >= run["decode_s"] > 0
+    assert [r["batch"] for r in data["ratios"]] == [1, 4]
