@@ -95,19 +95,10 @@ class BenchOptions:
 
 
 def resolve_dtype(requested: str, device: str = "cpu") -> str:
-    """'auto' -> bfloat16 where the hardware computes it natively (CUDA, or a CPU with AVX512-BF16 or AMX),
-    else float32: emulated bf16 matmuls on older CPUs are slower than float32 ones."""
-    if requested != "auto":
-        return requested
-    if device.startswith("cuda"):
-        import torch
+    """The engine's choice for 'auto', as a name, so the baselines run at the engine's dtype."""
+    from agent.engine.engine import resolve_dtype as engine_dtype
 
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        flags = []
-    return "bfloat16" if "avx512_bf16" in flags or "amx_bf16" in flags else "float32"
+    return str(engine_dtype(requested, device)).removeprefix("torch.")
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,13 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """auto: bfloat16 on GPUs and on CPUs with native bf16 matmul, else float32."""
+    """auto: bfloat16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with
+    AVX512-BF16 or AMX); float16 on older GPUs; float32 on older CPUs, where emulated bf16 is slower."""
     if name != "auto":
         return TORCH_DTYPES[name]
-    if device.startswith("cuda") or cpu_has_bf16():
-        return torch.bfloat16
-    return torch.float32
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
 @dataclass(frozen=True)
