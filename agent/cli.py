@@ -45,6 +45,36 @@ def engine_config(model: str, **flags):
         fail(str(exc))
 
 
+def config_from_json(ctx: typer.Context, model: str, raw: str, served_model_name: str | None):
+    """The EngineConfig a control plane sends: a JSON object of its fields; the MODEL argument wins."""
+    import json
+
+    from agent.engine.config import EngineConfig
+    from agent.engine.errors import EngineError
+
+    given = [
+        # typer vendors its own click, so the source enum is compared by name.
+        name for name, source in ((n, ctx.get_parameter_source(n)) for n in ctx.params)
+        if getattr(source, "name", None) == "COMMANDLINE" and name not in ("model", "host", "port", "engine_config_json",
+                                                                   "served_model_name")
+    ]
+    if given:
+        fail(f"--engine-config replaces the engine flags; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        fail(f"--engine-config is not valid JSON: {exc}")
+    if not isinstance(data, dict):
+        fail("--engine-config must be a JSON object of EngineConfig fields")
+    data["model"] = model
+    if served_model_name is not None:
+        data["served_model_name"] = served_model_name
+    try:
+        return EngineConfig.from_dict(data)
+    except (EngineError, TypeError) as exc:
+        fail(str(exc))
+
+
 def register_engine_commands(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
     app.command("serve")(serve)
@@ -53,6 +83,7 @@ def register_engine_commands(app: typer.Typer) -> None:
 
 
 def serve(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Short name, HF folder, .gguf file or hub id")],
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
@@ -68,15 +99,22 @@ def serve(
     enable_prefix_caching: PrefixCaching = True,
     enable_chunked_prefill: ChunkedPrefill = True,
     threads: Threads = None,
+    engine_config_json: Annotated[
+        str | None,
+        typer.Option("--engine-config", help="The whole EngineConfig as a JSON object, instead of the engine flags"),
+    ] = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API."""
-    config = engine_config(
-        model, dtype=dtype, block_size=block_size, num_kv_blocks=num_kv_blocks,
-        kv_cache_memory=kv_cache_memory, kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
-        enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
-        num_threads=threads, served_model_name=served_model_name,
-    )
+    if engine_config_json is not None:
+        config = config_from_json(ctx, model, engine_config_json, served_model_name)
+    else:
+        config = engine_config(
+            model, dtype=dtype, block_size=block_size, num_kv_blocks=num_kv_blocks,
+            kv_cache_memory=kv_cache_memory, kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
+            num_threads=threads, served_model_name=served_model_name,
+        )
     from agent.engine.errors import EngineError
     from agent.server import run_server
 
