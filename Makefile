@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL ?= smollm2-135m
 
-.PHONY: install up test lint bench gpu-check clean
+.PHONY: install up test lint bench gpu-check proto clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: install
 # benchmarks; results under $$OUT (default ./gpu_out). See benchmarks/gpu_check.sh.
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+# Regenerate the gRPC stubs from controlplane/proto/llmctl.proto (committed; a test checks they match).
+proto: install
+	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/gen_proto.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

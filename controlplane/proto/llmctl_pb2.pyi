@@ -1,0 +1,557 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReplicaState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPLICA_STATE_UNSPECIFIED: _ClassVar[ReplicaState]
+    REPLICA_STATE_PENDING: _ClassVar[ReplicaState]
+    REPLICA_STATE_STARTING: _ClassVar[ReplicaState]
+    REPLICA_STATE_READY: _ClassVar[ReplicaState]
+    REPLICA_STATE_DRAINING: _ClassVar[ReplicaState]
+    REPLICA_STATE_STOPPED: _ClassVar[ReplicaState]
+    REPLICA_STATE_FAILED: _ClassVar[ReplicaState]
+
+class TelemetrySource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TELEMETRY_SOURCE_UNSPECIFIED: _ClassVar[TelemetrySource]
+    TELEMETRY_SOURCE_NVML: _ClassVar[TelemetrySource]
+    TELEMETRY_SOURCE_HOST: _ClassVar[TelemetrySource]
+REPLICA_STATE_UNSPECIFIED: ReplicaState
+REPLICA_STATE_PENDING: ReplicaState
+REPLICA_STATE_STARTING: ReplicaState
+REPLICA_STATE_READY: ReplicaState
+REPLICA_STATE_DRAINING: ReplicaState
+REPLICA_STATE_STOPPED: ReplicaState
+REPLICA_STATE_FAILED: ReplicaState
+TELEMETRY_SOURCE_UNSPECIFIED: TelemetrySource
+TELEMETRY_SOURCE_NVML: TelemetrySource
+TELEMETRY_SOURCE_HOST: TelemetrySource
+
+class GpuInfo(_message.Message):
+    __slots__ = ("index", "uuid", "name", "memory_total_bytes")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    uuid: str
+    name: str
+    memory_total_bytes: int
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., name: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("node_name", "hostname", "gpus", "engine_version", "capabilities", "max_replicas")
+    class CapabilitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    hostname: str
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
+    engine_version: str
+    capabilities: _containers.ScalarMap[str, str]
+    max_replicas: int
+    def __init__(self, node_name: _Optional[str] = ..., hostname: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., engine_version: _Optional[str] = ..., capabilities: _Optional[_Mapping[str, str]] = ..., max_replicas: _Optional[int] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("node_name", "heartbeat_interval_s")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    heartbeat_interval_s: float
+    def __init__(self, node_name: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("hello", "heartbeat", "telemetry", "replica_status")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_STATUS_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    heartbeat: Heartbeat
+    telemetry: TelemetrySample
+    replica_status: ReplicaStatus
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetrySample, _Mapping]] = ..., replica_status: _Optional[_Union[ReplicaStatus, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("node_name", "replicas")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, node_name: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("sent_at",)
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    sent_at: float
+    def __init__(self, sent_at: _Optional[float] = ...) -> None: ...
+
+class ControlMessage(_message.Message):
+    __slots__ = ("start_replica", "stop_replica", "drain")
+    START_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    STOP_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    start_replica: StartReplica
+    stop_replica: StopReplica
+    drain: DrainNode
+    def __init__(self, start_replica: _Optional[_Union[StartReplica, _Mapping]] = ..., stop_replica: _Optional[_Union[StopReplica, _Mapping]] = ..., drain: _Optional[_Union[DrainNode, _Mapping]] = ...) -> None: ...
+
+class StartReplica(_message.Message):
+    __slots__ = ("replica_id", "deployment", "revision", "model", "engine_config_json", "served_model_name")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    SERVED_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    replica_id: int
+    deployment: str
+    revision: int
+    model: str
+    engine_config_json: str
+    served_model_name: str
+    def __init__(self, replica_id: _Optional[int] = ..., deployment: _Optional[str] = ..., revision: _Optional[int] = ..., model: _Optional[str] = ..., engine_config_json: _Optional[str] = ..., served_model_name: _Optional[str] = ...) -> None: ...
+
+class StopReplica(_message.Message):
+    __slots__ = ("replica_id", "drain", "grace_s")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    replica_id: int
+    drain: bool
+    grace_s: float
+    def __init__(self, replica_id: _Optional[int] = ..., drain: _Optional[bool] = ..., grace_s: _Optional[float] = ...) -> None: ...
+
+class DrainNode(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("replica_id", "deployment", "revision", "state", "url", "error", "restarts")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    replica_id: int
+    deployment: str
+    revision: int
+    state: ReplicaState
+    url: str
+    error: str
+    restarts: int
+    def __init__(self, replica_id: _Optional[int] = ..., deployment: _Optional[str] = ..., revision: _Optional[int] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., url: _Optional[str] = ..., error: _Optional[str] = ..., restarts: _Optional[int] = ...) -> None: ...
+
+class TelemetrySample(_message.Message):
+    __slots__ = ("sent_at", "source", "gpus", "host", "replicas")
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    sent_at: float
+    source: TelemetrySource
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuSample]
+    host: HostSample
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStats]
+    def __init__(self, sent_at: _Optional[float] = ..., source: _Optional[_Union[TelemetrySource, str]] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., host: _Optional[_Union[HostSample, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ...) -> None: ...
+
+class GpuSample(_message.Message):
+    __slots__ = ("index", "uuid", "name", "utilization_percent", "memory_used_bytes", "memory_total_bytes", "power_watts", "power_limit_watts", "temperature_c", "sm_clock_mhz", "processes")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    POWER_WATTS_FIELD_NUMBER: _ClassVar[int]
+    POWER_LIMIT_WATTS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
+    SM_CLOCK_MHZ_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    uuid: str
+    name: str
+    utilization_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    power_watts: float
+    power_limit_watts: float
+    temperature_c: float
+    sm_clock_mhz: float
+    processes: _containers.RepeatedCompositeFieldContainer[GpuProcess]
+    def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., name: _Optional[str] = ..., utilization_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., power_watts: _Optional[float] = ..., power_limit_watts: _Optional[float] = ..., temperature_c: _Optional[float] = ..., sm_clock_mhz: _Optional[float] = ..., processes: _Optional[_Iterable[_Union[GpuProcess, _Mapping]]] = ...) -> None: ...
+
+class GpuProcess(_message.Message):
+    __slots__ = ("pid", "used_memory_bytes")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    USED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    used_memory_bytes: int
+    def __init__(self, pid: _Optional[int] = ..., used_memory_bytes: _Optional[int] = ...) -> None: ...
+
+class HostSample(_message.Message):
+    __slots__ = ("cpu_percent", "memory_used_bytes", "memory_total_bytes")
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    cpu_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    def __init__(self, cpu_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ...) -> None: ...
+
+class ReplicaStats(_message.Message):
+    __slots__ = ("replica_id", "running", "waiting", "kv_cache_usage", "ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tokens_per_s", "requests_total", "prompt_tokens_total", "generation_tokens_total")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P50_S_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P95_S_FIELD_NUMBER: _ClassVar[int]
+    TPOT_P50_S_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    replica_id: int
+    running: int
+    waiting: int
+    kv_cache_usage: float
+    ttft_p50_s: float
+    ttft_p95_s: float
+    tpot_p50_s: float
+    tokens_per_s: float
+    requests_total: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    def __init__(self, replica_id: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., ttft_p50_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., tpot_p50_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., requests_total: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., generation_tokens_total: _Optional[int] = ...) -> None: ...
+
+class Replica(_message.Message):
+    __slots__ = ("id", "node", "state", "url", "revision", "error", "restarts")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    node: str
+    state: ReplicaState
+    url: str
+    revision: int
+    error: str
+    restarts: int
+    def __init__(self, id: _Optional[int] = ..., node: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., url: _Optional[str] = ..., revision: _Optional[int] = ..., error: _Optional[str] = ..., restarts: _Optional[int] = ...) -> None: ...
+
+class DeploymentStats(_message.Message):
+    __slots__ = ("requests_per_s", "ttft_p95_s", "tokens_per_s", "kv_cache_usage", "queue_depth")
+    REQUESTS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P95_S_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    requests_per_s: float
+    ttft_p95_s: float
+    tokens_per_s: float
+    kv_cache_usage: float
+    queue_depth: float
+    def __init__(self, requests_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., queue_depth: _Optional[float] = ...) -> None: ...
+
+class Deployment(_message.Message):
+    __slots__ = ("name", "model", "revision", "desired_replicas", "ready_replicas", "engine_config_json", "weight_quantization", "kv_cache_dtype", "replicas", "stats", "created_at", "updated_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    READY_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    revision: int
+    desired_replicas: int
+    ready_replicas: int
+    engine_config_json: str
+    weight_quantization: str
+    kv_cache_dtype: str
+    replicas: _containers.RepeatedCompositeFieldContainer[Replica]
+    stats: DeploymentStats
+    created_at: float
+    updated_at: float
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., engine_config_json: _Optional[str] = ..., weight_quantization: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., stats: _Optional[_Union[DeploymentStats, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+
+class Revision(_message.Message):
+    __slots__ = ("number", "model", "engine_config_json", "created_at", "created_by", "reason", "current")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    model: str
+    engine_config_json: str
+    created_at: float
+    created_by: str
+    reason: str
+    current: bool
+    def __init__(self, number: _Optional[int] = ..., model: _Optional[str] = ..., engine_config_json: _Optional[str] = ..., created_at: _Optional[float] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., current: _Optional[bool] = ...) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("name", "hostname", "state", "last_heartbeat_at", "engine_version", "max_replicas", "replica_count", "gpus", "host", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_COUNT_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hostname: str
+    state: str
+    last_heartbeat_at: float
+    engine_version: str
+    max_replicas: int
+    replica_count: int
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuSample]
+    host: HostSample
+    source: TelemetrySource
+    def __init__(self, name: _Optional[str] = ..., hostname: _Optional[str] = ..., state: _Optional[str] = ..., last_heartbeat_at: _Optional[float] = ..., engine_version: _Optional[str] = ..., max_replicas: _Optional[int] = ..., replica_count: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., host: _Optional[_Union[HostSample, _Mapping]] = ..., source: _Optional[_Union[TelemetrySource, str]] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("id", "at", "kind", "deployment", "node", "actor", "message", "details_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    at: float
+    kind: str
+    deployment: str
+    node: str
+    actor: str
+    message: str
+    details_json: str
+    def __init__(self, id: _Optional[int] = ..., at: _Optional[float] = ..., kind: _Optional[str] = ..., deployment: _Optional[str] = ..., node: _Optional[str] = ..., actor: _Optional[str] = ..., message: _Optional[str] = ..., details_json: _Optional[str] = ...) -> None: ...
+
+class Tenant(_message.Message):
+    __slots__ = ("name", "rpm", "tpm", "monthly_tokens", "created_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RPM_FIELD_NUMBER: _ClassVar[int]
+    TPM_FIELD_NUMBER: _ClassVar[int]
+    MONTHLY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rpm: int
+    tpm: int
+    monthly_tokens: int
+    created_at: float
+    def __init__(self, name: _Optional[str] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., monthly_tokens: _Optional[int] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("deployment", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    def __init__(self, deployment: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+
+class ListDeploymentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDeploymentsResponse(_message.Message):
+    __slots__ = ("deployments",)
+    DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    deployments: _containers.RepeatedCompositeFieldContainer[Deployment]
+    def __init__(self, deployments: _Optional[_Iterable[_Union[Deployment, _Mapping]]] = ...) -> None: ...
+
+class GetDeploymentRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeployRequest(_message.Message):
+    __slots__ = ("name", "model", "engine_config_json", "replicas")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    engine_config_json: str
+    replicas: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., engine_config_json: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class DeployResponse(_message.Message):
+    __slots__ = ("deployment", "revision", "created_revision")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    deployment: Deployment
+    revision: int
+    created_revision: bool
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., revision: _Optional[int] = ..., created_revision: _Optional[bool] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("name", "to_revision")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TO_REVISION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    to_revision: int
+    def __init__(self, name: _Optional[str] = ..., to_revision: _Optional[int] = ...) -> None: ...
+
+class ListRevisionsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListRevisionsResponse(_message.Message):
+    __slots__ = ("revisions",)
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    revisions: _containers.RepeatedCompositeFieldContainer[Revision]
+    def __init__(self, revisions: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ...) -> None: ...
+
+class ScaleRequest(_message.Message):
+    __slots__ = ("name", "replicas")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    replicas: int
+    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class DeleteDeploymentRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteDeploymentResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class DrainNodeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListEventsRequest(_message.Message):
+    __slots__ = ("after_id", "deployment", "limit")
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after_id: int
+    deployment: str
+    limit: int
+    def __init__(self, after_id: _Optional[int] = ..., deployment: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("after_id", "deployment")
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    after_id: int
+    deployment: str
+    def __init__(self, after_id: _Optional[int] = ..., deployment: _Optional[str] = ...) -> None: ...
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("name", "rpm", "tpm", "monthly_tokens")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RPM_FIELD_NUMBER: _ClassVar[int]
+    TPM_FIELD_NUMBER: _ClassVar[int]
+    MONTHLY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rpm: int
+    tpm: int
+    monthly_tokens: int
+    def __init__(self, name: _Optional[str] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., monthly_tokens: _Optional[int] = ...) -> None: ...
+
+class CreateTenantResponse(_message.Message):
+    __slots__ = ("tenant", "api_key")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    tenant: Tenant
+    api_key: str
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants",)
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
+    def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("tenant", "since")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    since: float
+    def __init__(self, tenant: _Optional[str] = ..., since: _Optional[float] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ...) -> None: ...
