@@ -1,0 +1,271 @@
+"""The control plane's SQL schema: one typed SQLAlchemy 2 model per noun.
+
+Migrations never import this module's classes for data changes; the initial migration spells the same
+schema out, and tests/controlplane/test_migrations.py checks the two agree.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Double,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column, object_session, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+NAME_LENGTH = 63
+"""Deployment, node and tenant names are DNS labels, so they fit in hostnames and Kubernetes objects."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always tz-aware UTC in Python.
+
+    SQLite has no time zones and stores text, so everything is converted to UTC before it is written
+    (text comparisons then order correctly) and tagged UTC again when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the control plane stores tz-aware UTC times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class NodeState(enum.StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    DRAINING = "draining"
+
+
+class ReplicaState(enum.StrEnum):
+    PENDING = "pending"
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+def _string_enum(enum_class: type[enum.StrEnum], name: str) -> Enum:
+    # Stored as plain strings with a CHECK, so adding a state later is a one-line migration everywhere.
+    return Enum(
+        enum_class,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[dict[str, Any]]: JSON()}
+
+
+class Node(Base):
+    """A GPU host running an agent."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    gpus: Mapped[list[dict[str, Any]]]
+    """One dict per GPU: index, name, uuid, memory_total_bytes."""
+    engine_version: Mapped[str] = mapped_column(String(64))
+    capabilities: Mapped[dict[str, Any]]
+    max_replicas: Mapped[int] = mapped_column(default=4)
+    state: Mapped[NodeState] = mapped_column(_string_enum(NodeState, "node_state"))
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    replicas: Mapped[list[Replica]] = relationship(back_populates="node", passive_deletes=True)
+
+
+class Deployment(Base):
+    """A named model service: what should run (the current revision) and how many copies."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    model: Mapped[str] = mapped_column(String(512))
+    """The current revision's model, kept here so listings need no join."""
+    desired_replicas: Mapped[int] = mapped_column(default=1)
+    # use_alter: deployments and revisions point at each other; the FK is added after both tables exist.
+    current_revision_id: Mapped[int | None] = mapped_column(
+        ForeignKey("revisions.id", use_alter=True), default=None
+    )
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    # Every UPDATE/DELETE checks and bumps `version`: a writer holding a stale copy gets StaleDataError.
+    __mapper_args__ = {"version_id_col": version}
+
+    # post_update: the pointer is written in a second UPDATE after the revision row exists.
+    current_revision: Mapped[Revision | None] = relationship(
+        foreign_keys=[current_revision_id], post_update=True
+    )
+    revisions: Mapped[list[Revision]] = relationship(
+        back_populates="deployment",
+        foreign_keys="Revision.deployment_id",
+        cascade="all, delete-orphan",
+        order_by="Revision.number",
+    )
+    replicas: Mapped[list[Replica]] = relationship(back_populates="deployment", cascade="all, delete-orphan")
+
+
+class Revision(Base):
+    """An immutable snapshot of what a deployment serves: model plus the full EngineConfig."""
+
+    __tablename__ = "revisions"
+    __table_args__ = (UniqueConstraint("deployment_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    """1, 2, 3 ... per deployment, without gaps."""
+    model: Mapped[str] = mapped_column(String(512))
+    engine_config: Mapped[dict[str, Any]]
+    """EngineConfig.to_dict(): every field, so a rollback restores defaults as they were, too."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+
+    deployment: Mapped[Deployment] = relationship(back_populates="revisions", foreign_keys=[deployment_id])
+
+
+class RevisionImmutable(RuntimeError):
+    """Raised by the ORM when code tries to change a stored revision (a bug, never user input)."""
+
+
+@event.listens_for(Revision, "before_update")
+def _refuse_revision_update(mapper: Mapper[Revision], connection: Any, target: Revision) -> None:
+    # before_update also fires for rows only touched through a relationship collection; refuse real
+    # column changes only.
+    session = object_session(target)
+    if session is not None and session.is_modified(target, include_collections=False):
+        raise RevisionImmutable(
+            f"revision {target.number} of deployment {target.deployment_id} is immutable; deploy a new one"
+        )
+
+
+class Replica(Base):
+    """One engine process serving one revision of a deployment, on a node once scheduled."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id", ondelete="CASCADE"))
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"), index=True)
+    state: Mapped[ReplicaState] = mapped_column(_string_enum(ReplicaState, "replica_state"))
+    url: Mapped[str | None] = mapped_column(String(512))
+    error: Mapped[str | None] = mapped_column(Text)
+    restarts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    deployment: Mapped[Deployment] = relationship(back_populates="replicas")
+    revision: Mapped[Revision] = relationship()
+    node: Mapped[Node | None] = relationship(back_populates="replicas")
+
+
+class Event(Base):
+    """The audit log. `id` only grows, so watchers resume with `after_id`."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    deployment_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH), index=True)
+    node_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    actor: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]]
+
+
+class Tenant(Base):
+    """A customer of the gateway. Limits of 0 mean unlimited."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    rpm: Mapped[int] = mapped_column(default=0)
+    tpm: Mapped[int] = mapped_column(default=0)
+    monthly_tokens: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    api_keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
+
+
+class ApiKey(Base):
+    """A tenant's key, stored as its sha256 only; the prefix finds the row and names the key in listings."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(12), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+    tenant: Mapped[Tenant] = relationship(back_populates="api_keys")
+
+
+class UsageRecord(Base):
+    """Tokens and cost of one gateway request; deployment_name survives the deployment's deletion."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_records_tenant_id_at", "tenant_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    deployment_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    prompt_tokens: Mapped[int]
+    completion_tokens: Mapped[int]
+    cost_usd: Mapped[float] = mapped_column(Double)
