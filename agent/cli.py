@@ -52,11 +52,11 @@ def config_from_json(ctx: typer.Context, model: str, raw: str, served_model_name
     from agent.engine.config import EngineConfig
     from agent.engine.errors import EngineError
 
+    not_engine = ("model", "host", "port", "engine_config_json", "served_model_name", "graceful_shutdown_s")
     given = [
         # typer vendors its own click, so the source enum is compared by name.
-        name for name, source in ((n, ctx.get_parameter_source(n)) for n in ctx.params)
-        if getattr(source, "name", None) == "COMMANDLINE" and name not in ("model", "host", "port", "engine_config_json",
-                                                                   "served_model_name")
+        name for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE" and name not in not_engine
     ]
     if given:
         fail(f"--engine-config replaces the engine flags; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
@@ -99,6 +99,9 @@ def serve(
     enable_prefix_caching: PrefixCaching = True,
     enable_chunked_prefill: ChunkedPrefill = True,
     threads: Threads = None,
+    graceful_shutdown_s: Annotated[
+        float, typer.Option("--graceful-shutdown-s", help="On SIGTERM, how long requests in flight may finish")
+    ] = 30.0,
     engine_config_json: Annotated[
         str | None,
         typer.Option("--engine-config", help="The whole EngineConfig as a JSON object, instead of the engine flags"),
@@ -119,7 +122,7 @@ def serve(
     from agent.server import run_server
 
     try:
-        run_server(config, host=host, port=port)
+        run_server(config, host=host, port=port, graceful_shutdown_s=graceful_shutdown_s)
     except EngineError as exc:
         fail(str(exc))
 

@@ -329,7 +329,7 @@ def chat_message(message: ChatMessage) -> dict[str, Any]:
     return (message.model_extra or {}) | {"role": message.role, "content": content or ""}
 
 
-def run_server(config: EngineConfig, host: str, port: int) -> None:
+def run_server(config: EngineConfig, host: str, port: int, graceful_shutdown_s: float = 30.0) -> None:
     """Load the engine, serve it until SIGINT/SIGTERM, then stop the engine loop."""
     import uvicorn
 
@@ -341,4 +341,4 @@ def run_server(config: EngineConfig, host: str, port: int) -> None:
     app = build_app(engine, name)
     logger.info("serving %r with an OpenAI-compatible API at http://%s:%d/v1", name, host, port)
     # The grace period bounds how long open streams may delay shutdown; then they are cancelled (aborted).
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_shutdown_s)
