@@ -33,6 +33,21 @@ MaxModelLen = Annotated[int | None, typer.Option("--max-model-len", help="Contex
 PrefixCaching = Annotated[bool, typer.Option("--enable-prefix-caching/--no-prefix-caching")]
 ChunkedPrefill = Annotated[bool, typer.Option("--enable-chunked-prefill/--no-chunked-prefill")]
 Threads = Annotated[int | None, typer.Option("--threads", help="torch CPU threads")]
+Quantization = Annotated[
+    str, typer.Option("--quantization", help="Quantize weights at load: none | int8 | awq | rtn4")
+]
+GroupSize = Annotated[str, typer.Option("--group-size", help="4-bit group size: auto | 32 | 64 | 128")]
+
+
+def quant_flags(quantization: str, group_size: str) -> dict:
+    """EngineConfig fields for --quantization / --group-size ('none' and 'auto' are the defaults)."""
+    q = None if quantization in ("none", "") else quantization
+    if group_size == "auto":
+        return {"quantization": q, "quantization_group_size": None}
+    try:
+        return {"quantization": q, "quantization_group_size": int(group_size)}
+    except ValueError:
+        fail(f"--group-size must be auto, 32, 64 or 128, got {group_size!r}")
 
 
 def engine_config(model: str, **flags):
@@ -80,6 +95,10 @@ def register_engine_commands(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("generate")(generate)
     app.command("bench")(bench)
+    from agent.quant_cli import eval_command, quantize
+
+    app.command("quantize")(quantize)
+    app.command("eval")(eval_command)
 
 
 def serve(
@@ -99,6 +118,8 @@ def serve(
     enable_prefix_caching: PrefixCaching = True,
     enable_chunked_prefill: ChunkedPrefill = True,
     threads: Threads = None,
+    quantization: Quantization = "none",
+    group_size: GroupSize = "auto",
     graceful_shutdown_s: Annotated[
         float, typer.Option("--graceful-shutdown-s", help="On SIGTERM, how long requests in flight may finish")
     ] = 30.0,
@@ -116,7 +137,7 @@ def serve(
             kv_cache_memory=kv_cache_memory, kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
-            num_threads=threads, served_model_name=served_model_name,
+            num_threads=threads, served_model_name=served_model_name, **quant_flags(quantization, group_size),
         )
     from agent.engine.errors import EngineError
     from agent.server import run_server
@@ -138,9 +159,14 @@ def generate(
     chat: Annotated[bool, typer.Option("--chat/--raw", help="Wrap the prompt in the chat template")] = True,
     dtype: Dtype = "auto",
     threads: Threads = None,
+    quantization: Quantization = "none",
+    group_size: GroupSize = "auto",
+    kv_cache_dtype: KvCacheDtype = "auto",
 ) -> None:
     """Generate from one prompt, streaming to the terminal."""
-    config = engine_config(model, dtype=dtype, num_threads=threads)
+    config = engine_config(
+        model, dtype=dtype, num_threads=threads, kv_cache_dtype=kv_cache_dtype, **quant_flags(quantization, group_size)
+    )
     from agent.engine.engine import LLMEngine
     from agent.engine.errors import EngineError
     from agent.engine.sampling import SamplingParams
@@ -187,6 +213,8 @@ def bench(
     enable_prefix_caching: PrefixCaching = True,
     enable_chunked_prefill: ChunkedPrefill = True,
     threads: Threads = None,
+    quantization: Quantization = "none",
+    group_size: GroupSize = "auto",
 ) -> None:
     """Measure TTFT, TPOT, ITL and throughput of the engine, a URL, or the transformers baselines."""
     from agent.bench import BenchOptions, run_bench
@@ -210,6 +238,7 @@ def bench(
                 max_num_batched_tokens=max_num_batched_tokens,
                 enable_prefix_caching=enable_prefix_caching,
                 enable_chunked_prefill=enable_chunked_prefill, num_threads=threads,
+                **quant_flags(quantization, group_size),
             )
         run_bench(options, config)
     except (EngineError, ValueError) as exc:

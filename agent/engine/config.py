@@ -10,6 +10,7 @@ from agent.engine.errors import InvalidRequest
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 KV_CACHE_DTYPES = ("auto", "int8", "fp8")
+QUANTIZATIONS = ("int8", "awq", "rtn4")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class EngineConfig:
     """Bytes for the KV pool (all layers, K and V). Default: 1 GiB on CPU."""
     kv_cache_dtype: str = "auto"
     """auto: the model's dtype; int8: per-(token, head) scales; fp8: e4m3 with per-head scales."""
+    quantization: str | None = None
+    """Quantize a float checkpoint's linears at load: int8 | awq | rtn4 (None: as stored)."""
+    quantization_group_size: int | None = None
+    """4-bit group size; None: auto (128 where it divides every layer width, else 64, else 32)."""
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None
@@ -43,6 +48,12 @@ class EngineConfig:
             raise InvalidRequest(
                 f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"
             )
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise InvalidRequest(
+                f"quantization must be one of {', '.join(QUANTIZATIONS)} (or none), got {self.quantization!r}"
+            )
+        if self.quantization_group_size not in (None, 32, 64, 128):
+            raise InvalidRequest(f"quantization group size must be 32, 64 or 128, got {self.quantization_group_size}")
         if self.block_size not in (8, 16, 32, 64):
             raise InvalidRequest(f"block_size must be 8, 16, 32 or 64, got {self.block_size}")
         for name in ("max_num_seqs", "max_num_batched_tokens"):

@@ -54,6 +54,12 @@ class EngineInfo:
     kv_cache_dtype: str
     eos_token_ids: frozenset[int]
     vocab_size: int
+    quantization: str | None = None
+    """How the decoder linears are stored: int8 | awq | rtn4 (with the group size), None for float."""
+    linear_weight_bytes: int = 0
+    """Bytes of the decoder linears' weights, scales and zeros."""
+    model_bytes: int = 0
+    """Bytes of every parameter and buffer the model holds."""
 
 
 @dataclass
@@ -72,12 +78,50 @@ class EngineStats:
     kv_waste: float
     peak_used_blocks: int
     peak_kv_waste: float
+    kv_bytes_per_token: int = 0
+    linear_weight_bytes: int = 0
+    model_bytes: int = 0
+
+
+def load_quantized(config: EngineConfig, folder, hf_config, tokenizer, dtype: torch.dtype):
+    """Build the model as the checkpoint stores it, then quantize at load if the config asks.
+
+    Returns the unfinalized model and the QuantSpec its linears use (None: float).
+    """
+    from agent.engine import loader
+    from agent.engine.models.llama import build_model
+    from agent.engine.quantization import (
+        calibration,
+        checkpoint_spec,
+        linear_factory,
+        quantize_model,
+        resolve_spec,
+    )
+
+    stored = checkpoint_spec(hf_config)
+    if stored is not None and config.quantization not in (None, stored.method):
+        raise InvalidRequest(
+            f"{folder} is already quantized ({stored.method}); drop --quantization or use a float checkpoint"
+        )
+    make = None if stored is None else linear_factory(stored)
+    model = build_model(hf_config, loader.load_state_dict(folder, dtype), dtype, config.device, make)
+    if stored is not None or config.quantization is None:
+        return model, stored
+    spec = resolve_spec(config.quantization, config.quantization_group_size, hf_config)
+    acts = None
+    if spec.method == "awq":
+        text = calibration.read_text(calibration.DEFAULT_CALIBRATION)
+        windows = calibration.token_windows(tokenizer, text, calibration.DEFAULT_SAMPLES, calibration.DEFAULT_SEQ_LEN)
+        acts = calibration.collect_activations(model, windows, block_size=config.block_size, device=config.device)
+    quantize_model(model, spec, acts)
+    return model, spec
 
 
 class LLMEngine:
     def __init__(self, config: EngineConfig):
         from agent.engine import loader
-        from agent.engine.models.llama import build_model
+        from agent.engine.models.linear import linear_weight_bytes, parameter_bytes
+        from agent.engine.models.llama import finalize
 
         self.config = config
         if config.num_threads:
@@ -86,7 +130,16 @@ class LLMEngine:
         folder = loader.resolve_model(config.model)
         hf_config = loader.load_model_config(folder)
         self.tokenizer = loader.load_tokenizer(folder)
-        model = build_model(hf_config, loader.load_state_dict(folder, dtype), dtype, config.device)
+        model, spec = load_quantized(config, folder, hf_config, self.tokenizer, dtype)
+        fp8_scales = None
+        if config.kv_cache_dtype == "fp8":
+            from agent.engine.quantization import calibration, kv
+
+            windows = calibration.token_windows(
+                self.tokenizer, calibration.read_text(calibration.DEFAULT_CALIBRATION), 4, 256
+            )
+            fp8_scales = kv.calibrate_fp8_scales(model, windows, block_size=config.block_size, device=config.device)
+        finalize(model)
 
         model_max = getattr(hf_config, "max_position_embeddings", None) or 2048
         max_model_len = min(config.max_model_len or model_max, model_max)
@@ -116,19 +169,32 @@ class LLMEngine:
             kv_cache_dtype=str(kv_dtype).removeprefix("torch."),
             eos_token_ids=frozenset(self._eos_ids(hf_config)),
             vocab_size=hf_config.vocab_size,
+            quantization=None if spec is None else (
+                spec.method if spec.group_size is None else f"{spec.method}-g{spec.group_size}"
+            ),
+            linear_weight_bytes=linear_weight_bytes(model),
+            model_bytes=parameter_bytes(model),
         )
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill),
             self.block_manager,
         )
-        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype, config.device)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype, config.device, fp8_scales)
         self.sampler = Sampler()
         self.requests: dict[str, Sequence] = {}
         self._counters = {"prompt": 0, "generation": 0, "prefilled": 0}
         self._peak = (0, 0.0)
         self.logits_observer = None
         """Optional callable(request_ids, logits [S, vocab]) seeing every step's logits (tests, evaluation)."""
+
+    def score(self, token_lists: list[list[int]]) -> list[torch.Tensor]:
+        """Float32 next-token logits [len, vocab] at every position of each token list, through this
+        engine's weights and KV cache format (a scratch pool: serving state is untouched)."""
+        for tokens in token_lists:
+            if len(tokens) > self.info.max_model_len:
+                raise InvalidRequest(f"{len(tokens)} tokens exceed the context limit {self.info.max_model_len}")
+        return self.runner.score(token_lists)
 
     def _eos_ids(self, hf_config) -> set[int]:
         ids = set()
@@ -354,4 +420,7 @@ class LLMEngine:
             kv_waste=self._kv_waste(),
             peak_used_blocks=self._peak[0],
             peak_kv_waste=self._peak[1],
+            kv_bytes_per_token=self.info.kv_bytes_per_token,
+            linear_weight_bytes=self.info.linear_weight_bytes,
+            model_bytes=self.info.model_bytes,
         )

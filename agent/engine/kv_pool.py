@@ -36,19 +36,23 @@ def kv_bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype: tor
 
 def allocate(
     num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-    device: str,
+    device: str, fp8_scales: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> list[KVLayer]:
+    """fp8_scales: per layer (k_scale [KVH], v_scale [KVH]) from calibration; default unit scales."""
     shape = (num_blocks, block_size, kv_heads, head_dim)
     layers = []
-    for _ in range(num_layers):
+    for i in range(num_layers):
         layer = KVLayer(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         if dtype == torch.int8:
             layer.k_scale = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
             layer.v_scale = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
         elif dtype == torch.float8_e4m3fn:
-            # Unit per-head scales (vLLM's default without calibration): e4m3 covers +-448, far beyond
-            # this family's K/V magnitudes; calibrated scales come with the quantization harness.
-            layer.k_scale = torch.ones(kv_heads, dtype=torch.float32, device=device)
-            layer.v_scale = torch.ones(kv_heads, dtype=torch.float32, device=device)
+            if fp8_scales is not None:
+                layer.k_scale, layer.v_scale = (s.to(device=device, dtype=torch.float32) for s in fp8_scales[i])
+            else:
+                # Unit per-head scales (vLLM's default without calibration); the engine calibrates
+                # them on text at load (agent/engine/quantization/kv.py).
+                layer.k_scale = torch.ones(kv_heads, dtype=torch.float32, device=device)
+                layer.v_scale = torch.ones(kv_heads, dtype=torch.float32, device=device)
         layers.append(layer)
     return layers

@@ -21,6 +21,8 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCa
 
 # Only what the engine reads: configs, HF-named weights, tokenizer and chat template. Repos often also
 # carry consolidated.safetensors or GGUF copies of the same weights, which would double the download.
+QUANT_SCALE_SUFFIXES = (".scales", ".weight_scale")
+
 HUB_PATTERNS = ["*.json", "model*.safetensors", "tokenizer*", "*.jinja", "*.model", "*.txt"]
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -137,7 +139,9 @@ def load_state_dict(folder: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]
         with safe_open(str(path), framework="pt") as shard:
             for name in shard.keys():
                 tensor = shard.get_tensor(name)
-                state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+                # Quantization scales keep their format's dtype (AWQ: float16; int8: float32).
+                keep = not tensor.is_floating_point() or name.endswith(QUANT_SCALE_SUFFIXES)
+                state[name] = tensor if keep else tensor.to(dtype)
     return state
 
 

@@ -13,12 +13,16 @@ from kernels.metadata import DecodeMetadata, PrefillMetadata
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, kv_dtype: torch.dtype, device: str):
+    def __init__(
+        self, model: LlamaModel, num_blocks: int, block_size: int, kv_dtype: torch.dtype, device: str,
+        fp8_scales: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ):
         self.model = model
         self.block_size = block_size
         self.device = device
         self.kv_caches = kv_pool.allocate(
-            model.num_layers, num_blocks, block_size, model.num_kv_heads, model.head_dim, kv_dtype, device
+            model.num_layers, num_blocks, block_size, model.num_kv_heads, model.head_dim, kv_dtype, device,
+            fp8_scales,
         )
 
     @staticmethod
@@ -95,7 +99,65 @@ class ModelRunner:
         )
         return model_input, samplers
 
+    def score(self, token_lists: list[list[int]]) -> list[torch.Tensor]:
+        """Float32 logits [len, vocab] at every position of each token list (evaluation, calibration)."""
+        return score_tokens(self.model, token_lists, self.block_size, self.kv_caches, self.device)
+
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
         model_input, samplers = self.prepare(batch)
         logits = self.model(model_input, self.kv_caches)
         return logits.cpu(), samplers
+
+
+def score_tokens(
+    model: LlamaModel, token_lists: list[list[int]], block_size: int, like: list[kv_pool.KVLayer] | None,
+    device: str, every_position: bool = True,
+) -> list[torch.Tensor]:
+    """One prefill of whole sequences from position 0, logits at every row (or each sequence's last).
+
+    Uses a scratch KV pool sized for exactly these tokens, in the dtype (and fp8 scales) of the pool
+    `like`, so scoring never disturbs a serving engine's cache; None: the model's own dtype.
+    """
+    if not token_lists or any(not t for t in token_lists):
+        raise ValueError("score needs at least one non-empty token list")
+    lens = [len(t) for t in token_lists]
+    nblocks = [-(-n // block_size) for n in lens]
+    tables, first = [], 0
+    for n in nblocks:
+        tables.append(list(range(first, first + n)))
+        first += n
+    dtype = like[0].k.dtype if like else model.embed_tokens.dtype
+    pools = kv_pool.allocate(model.num_layers, first, block_size, model.num_kv_heads, model.head_dim, dtype, device)
+    if like and dtype == torch.float8_e4m3fn:
+        for pool, ref in zip(pools, like, strict=True):
+            pool.k_scale, pool.v_scale = ref.k_scale, ref.v_scale
+    width = max(nblocks)
+    ids, positions, slots = [], [], []
+    for tokens, table in zip(token_lists, tables, strict=True):
+        ids.extend(tokens)
+        positions.extend(range(len(tokens)))
+        slots.extend(table[p // block_size] * block_size + p % block_size for p in range(len(tokens)))
+    cu = [0]
+    for n in lens:
+        cu.append(cu[-1] + n)
+    prefill = PrefillMetadata(
+        cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=device),
+        context_starts=torch.zeros(len(lens), dtype=torch.int32, device=device),
+        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32).to(device),
+        block_size=block_size,
+        query_lens=lens,
+        starts=[0] * len(lens),
+        max_query_len=max(lens),
+    )
+    total = sum(lens)
+    model_input = ModelInput(
+        input_ids=torch.tensor(ids, dtype=torch.long, device=device),
+        positions=torch.tensor(positions, dtype=torch.long, device=device),
+        slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+        decode=None,
+        prefill=prefill,
+        logits_rows=torch.arange(total, device=device) if every_position
+        else torch.tensor(cu[1:], device=device) - 1,
+    )
+    logits = model(model_input, pools)
+    return list(logits.split(lens)) if every_position else list(logits)
