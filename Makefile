@@ -20,14 +20,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
+# Control plane + one local agent + the demo model deployed as $(MODEL); prints the gateway URL, an API key
+# and the admin token. `llmctl up --detach` / `llmctl down` for the background variant.
 up: install
-	$(BIN)/llmctl models pull $(MODEL)
-	@echo ""
-	@echo "llmctl is serving $(MODEL) on http://$(HOST):$(PORT)"
-	@echo "  curl http://$(HOST):$(PORT)/v1/chat/completions -H 'Content-Type: application/json' \\"
-	@echo "    -d '{\"model\": \"$(MODEL)\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'"
-	@echo ""
-	$(BIN)/llmctl serve $(MODEL) --host $(HOST) --port $(PORT)
+	$(BIN)/llmctl up --model $(MODEL) --gateway-host $(HOST) --gateway-port $(PORT)
 
 test: install
 	$(BIN)/llmctl models pull $(MODEL)
