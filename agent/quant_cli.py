@@ -135,6 +135,7 @@ def results_table(results):
     table.add_row("weights", cand.quantization or "float", ref.quantization or "float", "")
     table.add_row("KV cache", cand.kv_cache_dtype, ref.kv_cache_dtype, "")
     row("linear weight MiB", cand.linear_weight_bytes / 2**20, ref.linear_weight_bytes / 2**20, ".1f", rel=True)
+    row("linear bytes / fp16", cand.linear_bytes_vs_fp16, ref.linear_bytes_vs_fp16, ".3f")
     row("KV bytes/token", cand.kv_bytes_per_token, ref.kv_bytes_per_token, ".0f", rel=True)
     row("perplexity", cand.perplexity, ref.perplexity, ".3f", rel=True)
     row("KL divergence", cand.kl_divergence, ref.kl_divergence, ".4f")

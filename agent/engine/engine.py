@@ -60,6 +60,8 @@ class EngineInfo:
     """Bytes of the decoder linears' weights, scales and zeros."""
     model_bytes: int = 0
     """Bytes of every parameter and buffer the model holds."""
+    linear_params: int = 0
+    """Weights in the decoder linears; x 2 = their fp16 bytes."""
 
 
 @dataclass
@@ -120,7 +122,7 @@ def load_quantized(config: EngineConfig, folder, hf_config, tokenizer, dtype: to
 class LLMEngine:
     def __init__(self, config: EngineConfig):
         from agent.engine import loader
-        from agent.engine.models.linear import linear_weight_bytes, parameter_bytes
+        from agent.engine.models.linear import linear_params, linear_weight_bytes, parameter_bytes
         from agent.engine.models.llama import finalize
 
         self.config = config
@@ -174,6 +176,7 @@ class LLMEngine:
             ),
             linear_weight_bytes=linear_weight_bytes(model),
             model_bytes=parameter_bytes(model),
+            linear_params=linear_params(model),
         )
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(

@@ -62,6 +62,8 @@ class EvalResult:
     num_items: int = 0
     quantization: str | None = None
     kv_cache_dtype: str = ""
+    linear_bytes_vs_fp16: float = 0.0
+    """linear_weight_bytes / (2 bytes x the linears' weight count)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,4 +200,5 @@ def _result(side: _Side, n: int, num_items: int) -> EvalResult:
         num_items=num_items,
         quantization=info.quantization,
         kv_cache_dtype=info.kv_cache_dtype,
+        linear_bytes_vs_fp16=info.linear_weight_bytes / (2 * info.linear_params) if info.linear_params else 0.0,
     )

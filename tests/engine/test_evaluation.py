@@ -69,6 +69,7 @@ def test_int8_candidate_moves_the_distribution_a_little(tiny_llama, reference, f
     # head_dim 16: 16 int8 codes + a float32 scale per (token, head) against 16 float32 values.
     assert c.kv_bytes_per_token * 64 == r.kv_bytes_per_token * 20
     assert c.quantization == "int8" and c.kv_cache_dtype == "int8"
+    assert r.linear_bytes_vs_fp16 == 2.0 and 0.5 < c.linear_bytes_vs_fp16 < 0.6  # 64-wide rows: +4/64 scales
 
 
 def test_multiple_choice_picks_the_highest_mean_log_probability(reference):

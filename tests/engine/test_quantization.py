@@ -86,7 +86,8 @@ def test_group_size_auto_picks_the_largest_that_divides_every_layer(tiny_llama, 
 
 def test_quantized_linears_shrink_memory_for_real(smollm2_path):
     float_engine = engine(smollm2_path)
-    fp16_linear = float_engine.info.linear_weight_bytes // 2  # the fp32 model's linears, in fp16 bytes
+    fp16_linear = 2 * float_engine.info.linear_params
+    assert float_engine.info.linear_weight_bytes == 2 * fp16_linear  # float32 model
     for method, bound in (("int8", 0.52), ("rtn4", 0.30)):
         eng = engine(smollm2_path, quantization=method)
         assert eng.info.linear_weight_bytes <= bound * fp16_linear, method

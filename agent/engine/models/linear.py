@@ -87,6 +87,11 @@ def linear_weight_bytes(model: nn.Module) -> int:
     return sum(m.weight_bytes() for m in model.modules() if isinstance(m, LINEARS))
 
 
+def linear_params(model: nn.Module) -> int:
+    """Weights in the decoder's linear layers (in x out each): what an fp16 copy would store at 2 bytes."""
+    return sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, LINEARS))
+
+
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and buffer the model holds: what quantization must shrink for real."""
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
