@@ -76,18 +76,8 @@ class ModelRunner:
                 if start + n == s.num_tokens:
                     logits_rows.append(len(ids) - 1)
                     samplers.append(s)
-            cu = [0]
-            for n in lens:
-                cu.append(cu[-1] + n)
-            prefill = PrefillMetadata(
-                cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
-                context_starts=torch.tensor(starts, dtype=torch.int32, device=dev),
-                block_tables=self._tables(seqs, [-(-(a + n) // bs) for a, n in zip(starts, lens, strict=True)]).to(dev),
-                block_size=bs,
-                query_lens=lens,
-                starts=starts,
-                max_query_len=max(lens),
-            )
+            tables = self._tables(seqs, [-(-(a + n) // bs) for a, n in zip(starts, lens, strict=True)])
+            prefill = prefill_metadata(lens, starts, tables, bs, dev)
 
         model_input = ModelInput(
             input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
@@ -107,6 +97,24 @@ class ModelRunner:
         model_input, samplers = self.prepare(batch)
         logits = self.model(model_input, self.kv_caches)
         return logits.cpu(), samplers
+
+
+def prefill_metadata(
+    lens: list[int], starts: list[int], block_tables: torch.Tensor, block_size: int, device: str
+) -> PrefillMetadata:
+    """Chunks of `lens` new tokens after `starts` cached ones, reading the padded block tables."""
+    cu = [0]
+    for n in lens:
+        cu.append(cu[-1] + n)
+    return PrefillMetadata(
+        cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=device),
+        context_starts=torch.tensor(starts, dtype=torch.int32, device=device),
+        block_tables=block_tables.to(device),
+        block_size=block_size,
+        query_lens=lens,
+        starts=starts,
+        max_query_len=max(lens),
+    )
 
 
 def score_tokens(
@@ -137,18 +145,8 @@ def score_tokens(
         ids.extend(tokens)
         positions.extend(range(len(tokens)))
         slots.extend(table[p // block_size] * block_size + p % block_size for p in range(len(tokens)))
-    cu = [0]
-    for n in lens:
-        cu.append(cu[-1] + n)
-    prefill = PrefillMetadata(
-        cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=device),
-        context_starts=torch.zeros(len(lens), dtype=torch.int32, device=device),
-        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32).to(device),
-        block_size=block_size,
-        query_lens=lens,
-        starts=[0] * len(lens),
-        max_query_len=max(lens),
-    )
+    padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+    prefill = prefill_metadata(lens, [0] * len(lens), padded, block_size, device)
     total = sum(lens)
     model_input = ModelInput(
         input_ids=torch.tensor(ids, dtype=torch.long, device=device),
@@ -157,7 +155,7 @@ def score_tokens(
         decode=None,
         prefill=prefill,
         logits_rows=torch.arange(total, device=device) if every_position
-        else torch.tensor(cu[1:], device=device) - 1,
+        else prefill.cu_seqlens_q[1:].long() - 1,
     )
     logits = model(model_input, pools)
     return list(logits.split(lens)) if every_position else list(logits)

@@ -10,6 +10,7 @@ from agent.cli import (
     BlockSize,
     ChunkedPrefill,
     Dtype,
+    GroupSize,
     KvCacheDtype,
     KvCacheMemory,
     MaxBatchedTokens,
@@ -17,7 +18,9 @@ from agent.cli import (
     MaxNumSeqs,
     NumKvBlocks,
     PrefixCaching,
+    Quantization,
     Threads,
+    quant_flags,
 )
 from controlplane.commands.common import (
     AdminTokenOpt,
@@ -53,6 +56,8 @@ ENGINE_FLAGS = {
     "enable_prefix_caching": "enable_prefix_caching",
     "enable_chunked_prefill": "enable_chunked_prefill",
     "threads": "num_threads",
+    "quantization": "quantization",
+    "group_size": "quantization_group_size",
 }
 
 Wait = Annotated[
@@ -90,6 +95,8 @@ def deploy(
     enable_prefix_caching: PrefixCaching = True,
     enable_chunked_prefill: ChunkedPrefill = True,
     threads: Threads = None,
+    quantization: Quantization = "none",
+    group_size: GroupSize = "auto",
     engine_config_json: Annotated[
         str | None,
         typer.Option(
@@ -107,6 +114,9 @@ def deploy(
     The engine config is the whole recipe (flags not given take their defaults), like `llmctl serve`.
     """
     flags = {ENGINE_FLAGS[p]: v for p, v in ctx.params.items() if p in ENGINE_FLAGS and _given(ctx, p)}
+    # --quantization none / --group-size auto are spelled for people; the config stores None.
+    quant = quant_flags(quantization, group_size)
+    flags.update({k: quant[k] for k in ("quantization", "quantization_group_size") if k in flags})
     if engine_config_json is not None:
         flags = _json_config(engine_config_json, flags)
     _validate(name, model, flags)

@@ -62,6 +62,8 @@ def free_port() -> int:
         (["--block-size", "7"], "block_size must be 8, 16, 32 or 64"),
         (["--max-num-seqs", "0"], "max_num_seqs must be >= 1"),
         (["--kv-cache-dtype", "int4"], "kv_cache_dtype must be one of auto, int8, fp8"),
+        (["--quantization", "gptq"], "quantization must be one of int8, awq, rtn4"),
+        (["--quantization", "awq", "--group-size", "100"], "group size must be 32, 64 or 128"),
         (["--engine-config", '{"max_num_seqs": "many"}'], "max_num_seqs must be int"),
         (["--engine-config", '{"no_such_knob": 1}'], "unknown engine config keys: no_such_knob"),
         (["--engine-config", "[1]"], "must be a JSON object"),
