@@ -120,6 +120,9 @@ class AdminClient:
     def drain_node(self, name: str) -> pb.Node:
         return self._call("DrainNode", pb.DrainNodeRequest(name=name))
 
+    def undrain_node(self, name: str) -> pb.Node:
+        return self._call("UndrainNode", pb.UndrainNodeRequest(name=name))
+
     # Events
 
     def list_events(

@@ -25,6 +25,7 @@ EVENT_COLUMNS = ["ID", "TIME", "KIND", "DEPLOYMENT", "NODE", "MESSAGE"]
 def register(app: typer.Typer) -> None:
     app.command("nodes")(nodes)
     app.command("drain")(drain)
+    app.command("undrain")(undrain)
     app.command("events")(events)
 
 
@@ -77,6 +78,21 @@ def drain(
         print_json(found)
     else:
         typer.echo(f"{found['name']}: {found['state']}; its replicas move to other nodes")
+
+
+def undrain(
+    node: Annotated[str, typer.Argument(help="A drained node's name")],
+    output: OutputOpt = Output.table,
+    control_plane: ControlPlaneOpt = None,
+    admin_token: AdminTokenOpt = None,
+) -> None:
+    """Put a drained node back into placement."""
+    with admin_client(control_plane, admin_token) as client:
+        found = node_dict(client.undrain_node(node))
+    if output == Output.json:
+        print_json(found)
+    else:
+        typer.echo(f"{found['name']}: {found['state']}; it takes new replicas again")
 
 
 def events(

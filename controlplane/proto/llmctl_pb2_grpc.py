@@ -200,6 +200,11 @@ class AdminServiceStub:
                 request_serializer=controlplane_dot_proto_dot_llmctl__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=controlplane_dot_proto_dot_llmctl__pb2.Node.FromString,
                 _registered_method=True)
+        self.UndrainNode = channel.unary_unary(
+                '/llmctl.v1.AdminService/UndrainNode',
+                request_serializer=controlplane_dot_proto_dot_llmctl__pb2.UndrainNodeRequest.SerializeToString,
+                response_deserializer=controlplane_dot_proto_dot_llmctl__pb2.Node.FromString,
+                _registered_method=True)
         self.ListEvents = channel.unary_unary(
                 '/llmctl.v1.AdminService/ListEvents',
                 request_serializer=controlplane_dot_proto_dot_llmctl__pb2.ListEventsRequest.SerializeToString,
@@ -287,6 +292,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UndrainNode(self, request, context):
+        """Back into placement after maintenance; a drained node stays drained until this, agent restarts included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -365,6 +377,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'DrainNode': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainNode,
                     request_deserializer=controlplane_dot_proto_dot_llmctl__pb2.DrainNodeRequest.FromString,
+                    response_serializer=controlplane_dot_proto_dot_llmctl__pb2.Node.SerializeToString,
+            ),
+            'UndrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainNode,
+                    request_deserializer=controlplane_dot_proto_dot_llmctl__pb2.UndrainNodeRequest.FromString,
                     response_serializer=controlplane_dot_proto_dot_llmctl__pb2.Node.SerializeToString,
             ),
             'ListEvents': grpc.unary_unary_rpc_method_handler(
@@ -636,6 +653,33 @@ class AdminService:
             target,
             '/llmctl.v1.AdminService/DrainNode',
             controlplane_dot_proto_dot_llmctl__pb2.DrainNodeRequest.SerializeToString,
+            controlplane_dot_proto_dot_llmctl__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/UndrainNode',
+            controlplane_dot_proto_dot_llmctl__pb2.UndrainNodeRequest.SerializeToString,
             controlplane_dot_proto_dot_llmctl__pb2.Node.FromString,
             options,
             channel_credentials,

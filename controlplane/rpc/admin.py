@@ -124,6 +124,17 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self._on_change()
         return response
 
+    def UndrainNode(self, request: pb.UndrainNodeRequest, context: grpc.ServicerContext) -> pb.Node:
+        with session_scope(self._db) as session:
+            node = nodes_service.get_node(session, request.name)
+            if node.state.value != "draining":
+                raise InvalidArgument(f"node {request.name!r} is {node.state.value}, not draining")
+            node = nodes_service.set_node_state(session, name=request.name, state="healthy", actor=ACTOR)
+            count = sum(1 for r in live_replicas(session) if r.node_id == node.id)
+            response = convert.node_to_proto(node, count, self._fleet.node_telemetry(node.name))
+        self._on_change()
+        return response
+
     # -- events -------------------------------------------------------------------------------------------
     def ListEvents(self, request: pb.ListEventsRequest,
                    context: grpc.ServicerContext) -> pb.ListEventsResponse:

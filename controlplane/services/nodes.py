@@ -27,7 +27,8 @@ def register_node(
     capabilities: dict[str, Any],
     max_replicas: int = 4,
 ) -> Node:
-    """Create the node, or refresh it when its agent restarts (same name); it is healthy from now."""
+    """Create the node, or refresh it when its agent restarts (same name); it is healthy from now,
+    unless an operator drained it: a drain holds until `undrain`, across agent restarts."""
     check_name("node", name)
     check_count("max_replicas", max_replicas, 0)
     if not isinstance(hostname, str) or not hostname:
@@ -46,7 +47,7 @@ def register_node(
     node.engine_version = engine_version
     node.capabilities = dict(capabilities)
     node.max_replicas = max_replicas
-    node.state = NodeState.HEALTHY
+    node.state = NodeState.DRAINING if previous_state == NodeState.DRAINING else NodeState.HEALTHY
     node.last_heartbeat_at = now
     try:
         session.flush()

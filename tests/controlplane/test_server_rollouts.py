@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import grpc
+import pytest
+
 from controlplane.proto import llmctl_pb2 as pb
 from tests.controlplane.harness import Admin, ScriptedAgent, running_control_plane, wait_for
 
@@ -182,6 +185,13 @@ def test_draining_a_node_moves_its_replicas_before_stopping_them(tmp_path: Path)
         admin.deploy("other", replicas=2)  # a drained node takes no new work
         assert b.start_replica().deployment == "other" and b.start_replica().deployment == "other"
         assert a.quiet_for(0.5) == []
+
+        assert admin.UndrainNode(pb.UndrainNodeRequest(name="a")).state == "healthy"
+        admin.deploy("third", replicas=1)  # back in placement, and the emptier node
+        assert a.start_replica().deployment == "third"
+        with pytest.raises(grpc.RpcError) as refused:
+            admin.UndrainNode(pb.UndrainNodeRequest(name="b"))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not draining" in refused.value.details()
         a.close()
         b.close()
 

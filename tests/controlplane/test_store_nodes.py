@@ -38,7 +38,8 @@ def test_register_then_reregister_updates_in_place(db_factory: sessionmaker[Sess
     with session_scope(db_factory) as session:
         [node] = list_nodes(session)
         assert node.engine_version == "0.2.0" and [g["uuid"] for g in node.gpus] == ["GPU-1", "GPU-2"]
-        assert node.state == "healthy" and node.capabilities == {"fp8": True} and node.max_replicas == 4
+        # An operator's drain holds across agent restarts; only `undrain` (set_node_state) lifts it.
+        assert node.state == "draining" and node.capabilities == {"fp8": True} and node.max_replicas == 4
         events = list_events(session, kinds=["node.registered"])
         assert [e.details["previous_state"] for e in events] == [None, "draining"]
 
