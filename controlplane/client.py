@@ -63,11 +63,17 @@ _TRANSPORT_HINTS = (
 class AdminClient:
     """One channel to a control plane's AdminService; use as a context manager or call close()."""
 
-    def __init__(self, address: str, admin_token: str, *, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self, address: str, admin_token: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, own_connection: bool = False
+    ):
+        """own_connection: do not share a TCP connection with other channels to the same address in this
+        process (gRPC shares them by default), so a reconnecting client does not inherit another channel's
+        reconnect backoff; long-lived watchers like the dashboard want this."""
         self.address = address
         self.timeout_s = timeout_s
         self._metadata = (("authorization", f"Bearer {admin_token}"),)
-        self._channel = grpc.insecure_channel(address)
+        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+        self._channel = grpc.insecure_channel(address, options=options)
         self._stub = pb_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
