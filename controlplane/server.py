@@ -39,7 +39,9 @@ from controlplane.tokens import ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE, resolve_token
 
 logger = logging.getLogger("llmctl.controlplane")
 
-GRPC_WORKERS = 64
+# Each agent's Connect stream and each WatchEvents watcher holds a worker thread for its lifetime (the
+# sync gRPC server), so this bounds agents + dashboards; threads start lazily, so the cap costs nothing idle.
+GRPC_WORKERS = 512
 """Each connected agent and each event watch holds one worker for its stream's lifetime."""
 GATEWAY_START_TIMEOUT_S = 30.0
 
