@@ -147,7 +147,9 @@ class ReplicaSupervisor:
         *,
         command: list[str] | None = None,
         host: str = "127.0.0.1",
-        startup_timeout_s: float = 120,
+        # Loading (and --quantization awq calibrating at load) can take minutes on big models; the control
+        # plane's --rollout-timeout decides rollouts, this only catches a replica that hangs for good.
+        startup_timeout_s: float = 600,
         max_backoff_s: float = 30,
         env: dict[str, str] | None = None,
         log_dir: str | Path | None = None,
