@@ -106,16 +106,21 @@ def load_quantized(config: EngineConfig, folder, hf_config, tokenizer, dtype: to
             f"{folder} is already quantized ({stored.method}); drop --quantization or use a float checkpoint"
         )
     make = None if stored is None else linear_factory(stored)
-    model = build_model(hf_config, loader.load_state_dict(folder, dtype), dtype, config.device, make)
     if stored is not None or config.quantization is None:
-        return model, stored
+        return build_model(hf_config, loader.load_state_dict(folder, dtype), dtype, config.device, make), stored
     spec = resolve_spec(config.quantization, config.quantization_group_size, hf_config)
+    # Calibrate, fold and round in float32 (bf16 folding would add its own rounding to the 4-bit error),
+    # then bring what stays float (embeddings, norms, biases) to the serving dtype.
+    model = build_model(hf_config, loader.load_state_dict(folder, torch.float32), torch.float32, config.device)
     acts = None
     if spec.method == "awq":
         text = calibration.read_text(calibration.DEFAULT_CALIBRATION)
         windows = calibration.token_windows(tokenizer, text, calibration.DEFAULT_SAMPLES, calibration.DEFAULT_SEQ_LEN)
         acts = calibration.collect_activations(model, windows, block_size=config.block_size, device=config.device)
     quantize_model(model, spec, acts)
+    for param in model.parameters():
+        if param.is_floating_point():
+            param.data = param.data.to(dtype)
     return model, spec
 
 

@@ -202,3 +202,16 @@ def test_quantize_cli_writes_a_folder_that_generate_serves(tiny_llama, tmp_path)
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["quantize", str(tiny_llama), "--method", "nf4", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "int8, awq, rtn4" in result.output
+
+
+def test_quantizing_at_load_in_bfloat16_rounds_in_float32_and_serves_in_bfloat16(tiny_llama):
+    def load(dtype):
+        return LLMEngine(EngineConfig(model=str(tiny_llama), dtype=dtype, num_kv_blocks=64, quantization="awq"))
+
+    bf16, fp32 = load("bfloat16"), load("float32")
+    for a, b in zip(bf16.runner.model.layers, fp32.runner.model.layers, strict=True):
+        for qa, qb in ((a.self_attn.qkv_proj, b.self_attn.qkv_proj), (a.mlp.down_proj, b.mlp.down_proj)):
+            assert torch.equal(qa.qweight, qb.qweight) and torch.equal(qa.scales, qb.scales)
+        assert a.input_layernorm.dtype == torch.bfloat16
+    assert bf16.runner.model.embed_tokens.dtype == torch.bfloat16
+    assert greedy(bf16, ["hello world"], 4)[0]
