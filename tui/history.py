@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from controlplane.proto import llmctl_pb2 as pb
 
-STATS = ("requests_per_s", "ttft_p95_s", "tokens_per_s", "kv_cache_usage", "queue_depth")
+STATS = ("requests_per_s", "ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tokens_per_s", "kv_cache_usage",
+         "queue_depth")
 
 
 @dataclass(frozen=True)

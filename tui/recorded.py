@@ -171,6 +171,8 @@ def demo_deployment(index: int, frame: int, nodes: int) -> pb.Deployment:
         stats.requests_per_s = _wave(frame + index, 10, 1, 12)
         stats.tokens_per_s = _wave(frame + 2 * index, 16, 80, 900)
         stats.ttft_p95_s = _wave(frame + index, 8, 0.08, 0.4)
+        stats.ttft_p50_s = stats.ttft_p95_s * 0.45
+        stats.tpot_p50_s = _wave(frame + 3 * index, 12, 0.02, 0.06)
         stats.kv_cache_usage = _wave(frame, 20, 0.1, 0.7)
         stats.queue_depth = float(int(_wave(frame + index, 6, 0, 8)))
     return deployment

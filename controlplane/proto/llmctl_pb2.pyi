@@ -265,18 +265,22 @@ class Replica(_message.Message):
     def __init__(self, id: _Optional[int] = ..., node: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., url: _Optional[str] = ..., revision: _Optional[int] = ..., error: _Optional[str] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class DeploymentStats(_message.Message):
-    __slots__ = ("requests_per_s", "ttft_p95_s", "tokens_per_s", "kv_cache_usage", "queue_depth")
+    __slots__ = ("requests_per_s", "ttft_p95_s", "tokens_per_s", "kv_cache_usage", "queue_depth", "ttft_p50_s", "tpot_p50_s")
     REQUESTS_PER_S_FIELD_NUMBER: _ClassVar[int]
     TTFT_P95_S_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    TTFT_P50_S_FIELD_NUMBER: _ClassVar[int]
+    TPOT_P50_S_FIELD_NUMBER: _ClassVar[int]
     requests_per_s: float
     ttft_p95_s: float
     tokens_per_s: float
     kv_cache_usage: float
     queue_depth: float
-    def __init__(self, requests_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., queue_depth: _Optional[float] = ...) -> None: ...
+    ttft_p50_s: float
+    tpot_p50_s: float
+    def __init__(self, requests_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., queue_depth: _Optional[float] = ..., ttft_p50_s: _Optional[float] = ..., tpot_p50_s: _Optional[float] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("name", "model", "revision", "desired_replicas", "ready_replicas", "engine_config_json", "weight_quantization", "kv_cache_dtype", "replicas", "stats", "created_at", "updated_at")

@@ -120,17 +120,18 @@ def deployment_to_proto(deployment: Deployment, replicas: list[Replica], fleet: 
 def deployment_stats(ready_ids: list[int], fleet: Fleet) -> pb.DeploymentStats:
     """Aggregates over the ready replicas' latest engine statistics; a figure no replica reports is unset.
 
-    Rates and queue depths add up across replicas; KV usage is a mean; TTFT p95 is the worst replica's
-    (percentiles cannot be combined exactly, and the slowest replica is what some clients see)."""
+    Rates and queue depths add up across replicas; KV usage is a mean; latency percentiles are the worst
+    replica's (percentiles cannot be combined exactly, and the slowest replica is what some clients see)."""
     samples = [t for t in (fleet.replica_telemetry(rid) for rid in ready_ids) if t is not None]
     stats = pb.DeploymentStats()
     rates = [t.requests_per_s for t in samples if t.requests_per_s is not None]
     if rates:
         stats.requests_per_s = sum(rates)
     present = {name: [getattr(t.stats, name) for t in samples if t.stats.HasField(name)]
-               for name in ("ttft_p95_s", "tokens_per_s", "kv_cache_usage", "waiting")}
-    if present["ttft_p95_s"]:
-        stats.ttft_p95_s = max(present["ttft_p95_s"])
+               for name in ("ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tokens_per_s", "kv_cache_usage", "waiting")}
+    for latency in ("ttft_p50_s", "ttft_p95_s", "tpot_p50_s"):
+        if present[latency]:
+            setattr(stats, latency, max(present[latency]))
     if present["tokens_per_s"]:
         stats.tokens_per_s = sum(present["tokens_per_s"])
     if present["kv_cache_usage"]:

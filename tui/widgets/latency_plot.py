@@ -1,4 +1,5 @@
-"""TTFT p95 of a deployment over the kept history, plotted against seconds before the newest sample."""
+"""A deployment's latency percentiles (TTFT p50/p95, TPOT p50) over the kept history, against seconds
+before the newest sample. A percentile no replica reported is left out, not drawn as 0."""
 
 from __future__ import annotations
 
@@ -14,20 +15,25 @@ class LatencyPlot(PlotextPlot):
         self._drawn: tuple[int, float] | None = None
 
     def show(self, history: History | None) -> None:
-        points = history.series("ttft_p95_s") if history is not None else []
-        key = (len(points), points[-1][0] if points else 0.0)
+        lines = [(label, history.series(stat) if history is not None else []) for stat, label in LINES]
+        lines = [(label, points) for label, points in lines if points]
+        newest = max((points[-1][0] for _, points in lines), default=0.0)
+        key = (tuple(len(points) for _, points in lines), newest)
         if key == self._drawn:
             return  # nothing new: skip the redraw
         self._drawn = key
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title("TTFT p95 (ms)")
         plt.xlabel("seconds ago")
-        if points:
-            newest = points[-1][0]
-            plt.plot([at - newest for at, _ in points], [value * 1000 for _, value in points],
-                     marker="braille")
+        if lines:
+            plt.title("latency (ms)")
+            for label, points in lines:
+                plt.plot([at - newest for at, _ in points], [value * 1000 for _, value in points],
+                         marker="braille", label=label)
         else:
-            plt.title("TTFT p95 (ms): no replica has reported latency yet")
+            plt.title("latency (ms): no replica has reported latency yet")
         self.refresh()
+
+
+LINES = (("ttft_p50_s", "TTFT p50"), ("ttft_p95_s", "TTFT p95"), ("tpot_p50_s", "TPOT p50"))
