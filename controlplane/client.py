@@ -132,20 +132,17 @@ class AdminClient:
     # Events
 
     def list_events(
-        self, *, after_id: int = 0, deployment: str | None = None, limit: int = 0
+        self, *, after_id: int = 0, deployment: str | None = None, limit: int = 0, newest: bool = False
     ) -> list[pb.Event]:
-        """Events with id > after_id, oldest first; limit 0 is the server's default page size."""
-        request = pb.ListEventsRequest(after_id=after_id, deployment=deployment or "", limit=limit)
+        """Events with id > after_id, oldest first; limit 0 is the server's default page size.
+        newest: the last `limit` events rather than the first."""
+        request = pb.ListEventsRequest(after_id=after_id, deployment=deployment or "", limit=limit, newest=newest)
         return list(self._call("ListEvents", request).events)
 
     def last_event_id(self, deployment: str | None = None) -> int:
         """The newest event's id (0 when there is none), to watch only what happens from now on."""
-        last = 0
-        while page := self.list_events(after_id=last, deployment=deployment, limit=1000):
-            last = page[-1].id
-            if len(page) < 1000:
-                break
-        return last
+        last = self.list_events(deployment=deployment, limit=1, newest=True)
+        return last[-1].id if last else 0
 
     def watch_events(self, *, after_id: int = 0, deployment: str | None = None) -> EventWatch:
         """Events after after_id, then new ones as they happen; iterate it, cancel() or close() to stop."""

@@ -131,15 +131,8 @@ def events(
 
 
 def _newest(client: Any, deployment: str | None, limit: int) -> list[Any]:
-    """The newest `limit` events, oldest first (the API pages forward from an id, so read to the end)."""
-    tail: list[Any] = []
-    after = 0
-    while page := client.list_events(after_id=after, deployment=deployment, limit=1000):
-        tail = (tail + page)[-limit:] if limit else []
-        after = page[-1].id
-        if len(page) < 1000:
-            break
-    return tail
+    """The newest `limit` events, oldest first."""
+    return client.list_events(deployment=deployment, limit=limit, newest=True) if limit else []
 
 
 def _follow(client: Any, deployment: str | None, after: int, output: Output) -> None:

@@ -499,14 +499,16 @@ class UndrainNodeRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListEventsRequest(_message.Message):
-    __slots__ = ("after_id", "deployment", "limit")
+    __slots__ = ("after_id", "deployment", "limit", "newest")
     AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIELD_NUMBER: _ClassVar[int]
     after_id: int
     deployment: str
     limit: int
-    def __init__(self, after_id: _Optional[int] = ..., deployment: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    newest: bool
+    def __init__(self, after_id: _Optional[int] = ..., deployment: _Optional[str] = ..., limit: _Optional[int] = ..., newest: _Optional[bool] = ...) -> None: ...
 
 class ListEventsResponse(_message.Message):
     __slots__ = ("events",)

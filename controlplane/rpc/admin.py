@@ -141,7 +141,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         limit = check_count("limit", request.limit, 0, events_service.MAX_LIMIT) or DEFAULT_EVENT_LIMIT
         with session_scope(self._db) as session:
             events = events_service.list_events(session, after_id=request.after_id,
-                                                deployment_name=request.deployment or None, limit=limit)
+                                                deployment_name=request.deployment or None, limit=limit,
+                                                newest=request.newest)
             return pb.ListEventsResponse(events=[convert.event_to_proto(e) for e in events])
 
     def WatchEvents(self, request: pb.WatchEventsRequest,

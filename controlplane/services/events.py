@@ -51,8 +51,11 @@ def list_events(
     deployment_name: str | None = None,
     kinds: Collection[str] | None = None,
     limit: int = 200,
+    newest: bool = False,
 ) -> list[Event]:
-    """Events with id > after_id, oldest first; pass the last id seen to resume a watch."""
+    """Events with id > after_id, oldest first; pass the last id seen to resume a watch.
+
+    newest: the last `limit` of them instead of the first (still oldest first), without paging the log."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidArgument(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     if after_id < 0:
@@ -62,4 +65,6 @@ def list_events(
         query = query.where(Event.deployment_name == deployment_name)
     if kinds is not None:
         query = query.where(Event.kind.in_(list(kinds)))
+    if newest:
+        return list(reversed(session.scalars(query.order_by(Event.id.desc()).limit(limit)).all()))
     return list(session.scalars(query.order_by(Event.id).limit(limit)))

@@ -38,6 +38,9 @@ def test_events_filter_and_resume_after_an_id(db_factory: sessionmaker[Session])
         ]
         assert [e.message for e in list_events(session, after_id=everything[1].id)] == ["chat x3", "code r1"]
         assert [e.message for e in list_events(session, limit=2)] == ["chat r1", "gpu-a"]
+        assert [e.message for e in list_events(session, limit=2, newest=True)] == ["chat x3", "code r1"]
+        newest_chat = list_events(session, deployment_name="chat", limit=1, newest=True)
+        assert [e.message for e in newest_chat] == ["chat x3"]
         assert list_events(session, after_id=everything[-1].id) == []
         with pytest.raises(InvalidArgument, match="limit must be between 1 and 1000"):
             list_events(session, limit=0)
