@@ -42,6 +42,8 @@ logger = logging.getLogger("llmctl.agent.daemon")
 JOIN_TOKEN_HEADER = "x-llmctl-join-token"
 REGISTER_TIMEOUT_S = 10.0
 DEFAULT_HEARTBEAT_S = 2.0
+PING_MISSES = 3
+"""A control plane that pings is taken for dead after this many heartbeat intervals (+2 s) of silence."""
 """Used when the control plane's RegisterResponse names no interval."""
 STABLE_SESSION_S = 10.0
 """A session that lasted this long resets the reconnect backoff; shorter ones keep doubling it."""
@@ -242,6 +244,7 @@ class AgentDaemon:
         session = self._open_session(interval)
         if session is None:
             return logging.DEBUG, "stopping"
+        watchdog: _SilenceWatchdog | None = None
         try:
             call = stub.Connect(session.requests(), metadata=metadata)
             session.attach(call)
@@ -250,13 +253,23 @@ class AgentDaemon:
             logger.info("agent %s connected to the control plane at %s (node %s, %d replica(s) running)",
                         self.node_name, address, reply.node_name or self.node_name,
                         len(self._supervisor.statuses()))
+            watchdog = _SilenceWatchdog(call, silent_after_s=PING_MISSES * interval + 2.0)
             for message in call:
+                watchdog.heard(message.WhichOneof("kind") == "ping")
                 for answer in self.handle(message):
                     self._send(answer)
+            if watchdog.fired:
+                return logging.WARNING, (f"the control plane at {address} went silent for "
+                                         f"{watchdog.silent_after_s:g}s; reconnecting")
             return logging.WARNING, f"the control plane at {address} closed the agent stream"
         except grpc.RpcError as exc:
+            if watchdog is not None and watchdog.fired:
+                return logging.WARNING, (f"the control plane at {address} went silent for "
+                                         f"{watchdog.silent_after_s:g}s; reconnecting")
             return self._explain(exc, "stay connected to")
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             self._connected = False
             with self._lock:
                 self._session = None
@@ -311,6 +324,8 @@ class AgentDaemon:
                 return self._stop_replica(message.stop_replica)
             if kind == "drain":
                 self._drain(message.drain.reason)
+            elif kind == "ping":
+                pass  # only proves the control plane is alive (the stream's watchdog counts it)
             else:
                 logger.warning("ignoring a control message of unknown kind %r (a newer control plane?)",
                                kind)
@@ -409,6 +424,38 @@ class AgentDaemon:
                 except ReplicaUnreachable as exc:
                     logger.debug("no stats from replica %d: %s", status.replica_id, exc)
         return convert.telemetry_to_proto(reading, stats)
+
+
+class _SilenceWatchdog:
+    """Cancels a Connect call when a control plane that pings has sent nothing for `silent_after_s`.
+
+    A frozen or vanished control plane can leave the TCP connection open for many minutes; its pings
+    (one per idle heartbeat interval) are what proves it alive. Armed by the first ping, so an older
+    control plane that never pings is not taken for dead.
+    """
+
+    def __init__(self, call: grpc.Future, *, silent_after_s: float) -> None:
+        self.silent_after_s = silent_after_s
+        self.fired = False
+        self._call = call
+        self._armed = False
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, name="agent-stream-watchdog", daemon=True).start()
+
+    def heard(self, ping: bool) -> None:
+        self._last = time.monotonic()
+        self._armed = self._armed or ping
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            if self._armed and time.monotonic() - self._last > self.silent_after_s:
+                self.fired = True
+                self._call.cancel()
+                return
 
 
 def run_agent(config: AgentConfig) -> None:

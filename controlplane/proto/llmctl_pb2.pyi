@@ -103,14 +103,22 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_at: _Optional[float] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("start_replica", "stop_replica", "drain")
+    __slots__ = ("start_replica", "stop_replica", "drain", "ping")
     START_REPLICA_FIELD_NUMBER: _ClassVar[int]
     STOP_REPLICA_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
     start_replica: StartReplica
     stop_replica: StopReplica
     drain: DrainNode
-    def __init__(self, start_replica: _Optional[_Union[StartReplica, _Mapping]] = ..., stop_replica: _Optional[_Union[StopReplica, _Mapping]] = ..., drain: _Optional[_Union[DrainNode, _Mapping]] = ...) -> None: ...
+    ping: Ping
+    def __init__(self, start_replica: _Optional[_Union[StartReplica, _Mapping]] = ..., stop_replica: _Optional[_Union[StopReplica, _Mapping]] = ..., drain: _Optional[_Union[DrainNode, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+
+class Ping(_message.Message):
+    __slots__ = ("sent_at",)
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    sent_at: float
+    def __init__(self, sent_at: _Optional[float] = ...) -> None: ...
 
 class StartReplica(_message.Message):
     __slots__ = ("replica_id", "deployment", "revision", "model", "engine_config_json", "served_model_name")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import grpc
@@ -63,9 +64,13 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                                   name=f"agent-{agent.node_name}", daemon=True)
         reader.start()
         try:
+            last_sent = time.monotonic()
             while not agent.closed and context.is_active():
-                command = agent.next_command(COMMAND_POLL_S)
+                command = agent.next_command(min(COMMAND_POLL_S, self._heartbeat_interval_s))
+                if command is None and time.monotonic() - last_sent >= self._heartbeat_interval_s:
+                    command = pb.ControlMessage(ping=pb.Ping(sent_at=time.time()))
                 if command is not None:
+                    last_sent = time.monotonic()
                     yield command
         finally:
             self._fleet.disconnect(agent)

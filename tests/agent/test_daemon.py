@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -353,3 +354,39 @@ def test_restarted_control_plane_adopts_the_running_replica_without_restarting_i
     assert status.restarts == 0
     assert status.state is ReplicaState.READY and cluster.agent.connected
     assert completion(cluster.plane, api_key)["usage"]["completion_tokens"] >= 1
+
+
+def test_a_frozen_control_plane_is_noticed_by_its_silence_and_the_agent_reconnects(tmp_path: Path):
+    # SIGSTOP leaves the control plane's TCP connections open: only the missing pings give it away.
+    home = tmp_path / "cp"
+    home.mkdir()
+    grpc_port = free_port("127.0.0.1")
+    env = {**os.environ, "LLMCTL_HOME": str(home)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "controlplane.cli", "server", "--grpc-port", str(grpc_port), "--gateway-port", "0",
+         "--database-url", f"sqlite:///{home / 'llmctl.db'}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    daemon = None
+    try:
+        token = wait_until(lambda: (home / "join_token").is_file() and (home / "join_token").read_text().strip(),
+                           30, "the join token file")
+        daemon = AgentDaemon(AgentConfig(control_plane=f"127.0.0.1:{grpc_port}", join_token=token,
+                                         node_name="frozen-test", nvml=fake_gpus(), log_dir=tmp_path / "logs",
+                                         max_backoff_s=2.0))
+        daemon.start()
+        wait_until(lambda: daemon.connected, 30, "the first connection")
+        time.sleep(3)  # a ping or two arms the watchdog (heartbeat interval 2 s)
+        server.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        wait_until(lambda: not daemon.connected, 20, "the agent to notice the silence")
+        noticed = time.monotonic() - frozen_at
+        assert noticed < 3 * 2.0 + 2.0 + 3.0  # PING_MISSES intervals + 2 s, plus the watchdog's tick
+        server.send_signal(signal.SIGCONT)
+        wait_until(lambda: daemon.connected, 30, "the agent to reconnect")
+    finally:
+        server.send_signal(signal.SIGCONT)
+        if daemon is not None:
+            daemon.stop()
+        server.terminate()
+        server.wait(timeout=30)

@@ -97,6 +97,7 @@ class ScriptedAgent:
         self.stub = pb_grpc.AgentServiceStub(self.channel)
         self.metadata = (("x-llmctl-join-token", plane.join_token if token is None else token),)
         self.commands: queue.Queue[pb.ControlMessage] = queue.Queue()
+        self.pings = 0
         self.on_command = on_command
         self.beat_s = beat_s
         self._outbox: queue.Queue[pb.AgentMessage | None] | None = None
@@ -135,6 +136,9 @@ class ScriptedAgent:
     def _receive(self, stream: Any) -> None:
         try:
             for message in stream:
+                if message.WhichOneof("kind") == "ping":
+                    self.pings += 1  # keep-alive, not a command
+                    continue
                 if self.on_command is not None:
                     self.on_command(message)
                 self.commands.put(message)

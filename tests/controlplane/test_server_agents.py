@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -207,4 +208,16 @@ def test_deleting_a_deployment_unroutes_then_stops_its_replicas(tmp_path: Path):
         agent.report(start.replica_id, pb.REPLICA_STATE_DRAINING)
         agent.report(start.replica_id, pb.REPLICA_STATE_STOPPED)
         assert agent.quiet_for(0.6) == []
+        agent.close()
+
+
+def test_an_idle_agent_stream_carries_a_ping_every_heartbeat_interval(tmp_path: Path):
+    with running_control_plane(tmp_path) as plane:
+        agent = ScriptedAgent(plane, "a").join()
+        interval = plane.config.heartbeat_interval_s
+        wait_for(lambda: agent.pings >= 1, timeout=interval + 2)
+        first = agent.pings
+        time.sleep(3 * interval)
+        assert 2 <= agent.pings - first <= 4  # one per idle interval: proof of life, not chatter
+        assert agent.quiet_for(0.1) == []  # pings never show up as commands
         agent.close()
