@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 
 from agent import daemon_convert as convert
-from agent.daemon_session import Session
+from agent.daemon_session import Session, SilenceWatchdog
 from agent.engine.paths import llmctl_home
 from agent.replica_stats import ReplicaStatsScraper, ReplicaUnreachable
 from agent.replicas import ReplicaError, ReplicaState, ReplicaStatus, ReplicaSupervisor, UnknownReplica
@@ -244,7 +244,7 @@ class AgentDaemon:
         session = self._open_session(interval)
         if session is None:
             return logging.DEBUG, "stopping"
-        watchdog: _SilenceWatchdog | None = None
+        watchdog: SilenceWatchdog | None = None
         try:
             call = stub.Connect(session.requests(), metadata=metadata)
             session.attach(call)
@@ -253,7 +253,7 @@ class AgentDaemon:
             logger.info("agent %s connected to the control plane at %s (node %s, %d replica(s) running)",
                         self.node_name, address, reply.node_name or self.node_name,
                         len(self._supervisor.statuses()))
-            watchdog = _SilenceWatchdog(call, silent_after_s=PING_MISSES * interval + 2.0)
+            watchdog = SilenceWatchdog(call, silent_after_s=PING_MISSES * interval + 2.0)
             for message in call:
                 watchdog.heard(message.WhichOneof("kind") == "ping")
                 for answer in self.handle(message):
@@ -424,38 +424,6 @@ class AgentDaemon:
                 except ReplicaUnreachable as exc:
                     logger.debug("no stats from replica %d: %s", status.replica_id, exc)
         return convert.telemetry_to_proto(reading, stats)
-
-
-class _SilenceWatchdog:
-    """Cancels a Connect call when a control plane that pings has sent nothing for `silent_after_s`.
-
-    A frozen or vanished control plane can leave the TCP connection open for many minutes; its pings
-    (one per idle heartbeat interval) are what proves it alive. Armed by the first ping, so an older
-    control plane that never pings is not taken for dead.
-    """
-
-    def __init__(self, call: grpc.Future, *, silent_after_s: float) -> None:
-        self.silent_after_s = silent_after_s
-        self.fired = False
-        self._call = call
-        self._armed = False
-        self._last = time.monotonic()
-        self._stop = threading.Event()
-        threading.Thread(target=self._watch, name="agent-stream-watchdog", daemon=True).start()
-
-    def heard(self, ping: bool) -> None:
-        self._last = time.monotonic()
-        self._armed = self._armed or ping
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.5):
-            if self._armed and time.monotonic() - self._last > self.silent_after_s:
-                self.fired = True
-                self._call.cancel()
-                return
 
 
 def run_agent(config: AgentConfig) -> None:

@@ -86,3 +86,35 @@ class Session:
         self._queue.put(_END)
         if call is not None:
             call.cancel()
+
+
+class SilenceWatchdog:
+    """Cancels a Connect call when a control plane that pings has sent nothing for `silent_after_s`.
+
+    A frozen or vanished control plane can leave the TCP connection open for many minutes; its pings
+    (one per idle heartbeat interval) are what proves it alive. Armed by the first ping, so an older
+    control plane that never pings is not taken for dead.
+    """
+
+    def __init__(self, call: grpc.Future, *, silent_after_s: float) -> None:
+        self.silent_after_s = silent_after_s
+        self.fired = False
+        self._call = call
+        self._armed = False
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, name="agent-stream-watchdog", daemon=True).start()
+
+    def heard(self, ping: bool) -> None:
+        self._last = time.monotonic()
+        self._armed = self._armed or ping
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            if self._armed and time.monotonic() - self._last > self.silent_after_s:
+                self.fired = True
+                self._call.cancel()
+                return
