@@ -381,7 +381,7 @@ def test_a_frozen_control_plane_is_noticed_by_its_silence_and_the_agent_reconnec
         frozen_at = time.monotonic()
         wait_until(lambda: not daemon.connected, 20, "the agent to notice the silence")
         noticed = time.monotonic() - frozen_at
-        assert noticed < 3 * 2.0 + 2.0 + 3.0  # PING_MISSES intervals + 2 s, plus the watchdog's tick
+        assert noticed < 15  # 3 silent intervals of 2 s + 2 s, with room for a loaded machine (never without pings)
         server.send_signal(signal.SIGCONT)
         wait_until(lambda: daemon.connected, 30, "the agent to reconnect")
     finally:
