@@ -60,27 +60,36 @@ def engine_config(model: str, **flags):
         fail(str(exc))
 
 
-def config_from_json(ctx: typer.Context, model: str, raw: str, served_model_name: str | None):
-    """The EngineConfig a control plane sends: a JSON object of its fields; the MODEL argument wins."""
+def given_on_command_line(ctx: typer.Context, param: str) -> bool:
+    # typer vendors its own click, so the parameter-source enum is compared by name.
+    return getattr(ctx.get_parameter_source(param), "name", None) == "COMMANDLINE"
+
+
+def engine_config_object(raw: str, given_flags: list[str]) -> dict:
+    """--engine-config's JSON object of EngineConfig fields; exits 2 if it is not one, or if engine flags
+    (`given_flags`, parameter names) were given beside it."""
     import json
 
-    from agent.engine.config import EngineConfig
-    from agent.engine.errors import EngineError
-
-    not_engine = ("model", "host", "port", "engine_config_json", "served_model_name", "graceful_shutdown_s")
-    given = [
-        # typer vendors its own click, so the source enum is compared by name.
-        name for name in ctx.params
-        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE" and name not in not_engine
-    ]
-    if given:
-        fail(f"--engine-config replaces the engine flags; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+    if given_flags:
+        drop = ", ".join("--" + g.replace("_", "-") for g in given_flags)
+        fail(f"--engine-config replaces the engine flags; drop {drop}")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         fail(f"--engine-config is not valid JSON: {exc}")
     if not isinstance(data, dict):
         fail("--engine-config must be a JSON object of EngineConfig fields")
+    return data
+
+
+def config_from_json(ctx: typer.Context, model: str, raw: str, served_model_name: str | None):
+    """The EngineConfig a control plane sends: a JSON object of its fields; the MODEL argument wins."""
+    from agent.engine.config import EngineConfig
+    from agent.engine.errors import EngineError
+
+    not_engine = ("model", "host", "port", "engine_config_json", "served_model_name", "graceful_shutdown_s")
+    given = [name for name in ctx.params if name not in not_engine and given_on_command_line(ctx, name)]
+    data = engine_config_object(raw, given)
     data["model"] = model
     if served_model_name is not None:
         data["served_model_name"] = served_model_name

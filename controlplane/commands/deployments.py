@@ -20,6 +20,8 @@ from agent.cli import (
     PrefixCaching,
     Quantization,
     Threads,
+    engine_config_object,
+    given_on_command_line,
     quant_flags,
 )
 from controlplane.commands.common import (
@@ -113,12 +115,13 @@ def deploy(
 
     The engine config is the whole recipe (flags not given take their defaults), like `llmctl serve`.
     """
-    flags = {ENGINE_FLAGS[p]: v for p, v in ctx.params.items() if p in ENGINE_FLAGS and _given(ctx, p)}
+    given = [p for p in ctx.params if p in ENGINE_FLAGS and given_on_command_line(ctx, p)]
+    flags = {ENGINE_FLAGS[p]: ctx.params[p] for p in given}
     # --quantization none / --group-size auto are spelled for people; the config stores None.
     quant = quant_flags(quantization, group_size)
     flags.update({k: quant[k] for k in ("quantization", "quantization_group_size") if k in flags})
     if engine_config_json is not None:
-        flags = _json_config(engine_config_json, flags)
+        flags = engine_config_object(engine_config_json, given)
     _validate(name, model, flags)
     if replicas is not None and replicas < 0:
         fail(f"--replicas must be >= 0, got {replicas}")
@@ -336,28 +339,6 @@ def _stats_cells(stats: dict[str, Any]) -> list[str | None]:
         number(stats["tokens_per_s"], 1),
         number(stats["queue_depth"], 0),
     ]
-
-
-def _given(ctx: typer.Context, param: str) -> bool:
-    # typer vendors its own click, so the parameter-source enum is compared by name.
-    return getattr(ctx.get_parameter_source(param), "name", None) == "COMMANDLINE"
-
-
-def _json_config(raw: str, flags: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    if flags:
-        fail(
-            "--engine-config replaces the engine flags; drop "
-            + ", ".join("--" + k.replace("_", "-") for k in flags)
-        )
-    try:
-        data = json.loads(raw)
-    except ValueError as e:
-        fail(f"--engine-config is not valid JSON: {e}")
-    if not isinstance(data, dict):
-        fail("--engine-config must be a JSON object of EngineConfig fields")
-    return data
 
 
 def _validate(name: str, model: str, flags: dict[str, Any]) -> None:
