@@ -6,16 +6,20 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL ?= smollm2-135m
 
-.PHONY: install up test lint bench gpu-check proto clean
+LOCK := requirements.lock
+# The lock pins torch to its CPU build; a torch left unpinned would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: install up test test-latest lock lint bench gpu-check proto clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
-# torch is pinned first: an unpinned torch pulls a multi-GB CUDA build.
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+# Every dependency at the exact version in the lock (transitive ones, pip and setuptools included), then
+# llmctl itself, editable, without resolving anything: an upstream release cannot change a fresh clone.
+$(VENV)/.installed: $(BIN)/python $(LOCK) pyproject.toml setup.py
+	$(BIN)/python -m pip install -q -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,6 +32,29 @@ up: install
 test: install
 	$(BIN)/llmctl models pull $(MODEL)
 	$(BIN)/python -m pytest -q -ra
+
+# The newest versions that pyproject.toml allows (torch held at the CPU build), in a venv of their own, and
+# the whole suite against them: upstream drift shows up here before a `make lock` takes it in.
+test-latest:
+	rm -rf .venv-latest
+	$(PY) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip setuptools
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager --no-build-isolation \
+		-e '.[dev]' $(TORCH)
+	.venv-latest/bin/llmctl models pull $(MODEL)
+	.venv-latest/bin/python -m pytest -q -ra
+
+# Re-resolve the lock: the newest allowed versions into a scratch venv, then every installed distribution at
+# its exact version. Commit the result with the change that needed it.
+lock:
+	rm -rf .venv-lock
+	$(PY) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip setuptools
+	.venv-lock/bin/python -m pip install -q --no-build-isolation '.[dev]' $(TORCH)
+	{ echo "# The exact versions that make up/test/CI install (make lock refreshes it; pyproject.toml keeps the"; \
+	  echo "# loose bounds). Python $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version())'), $$(uname -m)."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude llmctl; } > $(LOCK)
+	rm -rf .venv-lock build
 
 lint: install
 	$(BIN)/ruff check .
@@ -42,9 +69,9 @@ bench: install
 gpu-check:
 	bash benchmarks/gpu_check.sh
 
-# Regenerate the gRPC stubs from controlplane/proto/llmctl.proto (committed; a test checks they match).
+# Regenerate the gRPC stubs from controlplane/llmctl/controlplane/proto/llmctl.proto (committed; a test checks they match).
 proto: install
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/gen_proto.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-latest .venv-lock build *.egg-info

@@ -17,8 +17,8 @@ import time
 
 
 async def measure(nodes: int, deployments: int, keys: int) -> dict:
-    from tui.app import DashboardApp
-    from tui.recorded import RecordedFeed, demo_frame, demo_recording
+    from llmctl.tui.app import DashboardApp
+    from llmctl.tui.recorded import RecordedFeed, demo_frame, demo_recording
 
     feed = RecordedFeed(demo_recording(nodes=nodes, deployments=deployments, frames=36))
     app = DashboardApp(feed)

@@ -2,7 +2,7 @@
 (LLMCTL_KERNELS is read once at import), on a random-weight model of SmolLM2-135M's shape.
 Writes <out>/engine.json and prints a table.
 
-    PYTHONPATH=. python benchmarks/bench_engine_kernels.py [--device cuda] [--quick] [--out DIR]
+    python benchmarks/bench_engine_kernels.py [--device cuda] [--quick] [--out DIR]
 
 Decode tokens/s counts only the steps after every request of the batch has its first token (all
 prefills done); the whole generate (prefill included) is reported too. --quick: a 2-layer tiny model,
@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Runs from a checkout without an install too (the GPU check): the root for tests.factories, and the component
+# folders that hold the portions of the llmctl namespace this needs.
+SOURCE_PATH = [str(ROOT), str(ROOT / "kernels"), str(ROOT / "agent")]
+sys.path[:0] = SOURCE_PATH
 
 SMOLLM2_SHAPE = dict(
     hidden_size=576,
@@ -41,7 +44,7 @@ RESULT_PREFIX = "RESULT "
 def run_batch(engine, batch: int, prompt_len: int, output_len: int, seed: int, device: str) -> dict:
     import torch
 
-    from agent.engine.sampling import SamplingParams
+    from llmctl.agent.engine.sampling import SamplingParams
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     gen = torch.Generator().manual_seed(seed)
@@ -81,9 +84,9 @@ def run_batch(engine, batch: int, prompt_len: int, output_len: int, seed: int, d
 
 
 def worker(args) -> dict:
-    import kernels
-    from agent.engine.config import EngineConfig
-    from agent.engine.engine import LLMEngine
+    from llmctl import kernels
+    from llmctl.agent.engine.config import EngineConfig
+    from llmctl.agent.engine.engine import LLMEngine
 
     t0 = time.perf_counter()
     config = EngineConfig(
@@ -123,7 +126,7 @@ def spawn(backend: str, args, model: Path) -> dict:
         "--batches", *map(str, args.batches),
     ]  # fmt: skip
     env = dict(os.environ, LLMCTL_KERNELS=backend)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (*SOURCE_PATH, env.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.worker_timeout)
     except subprocess.TimeoutExpired as exc:

@@ -1,7 +1,7 @@
 """Memory-bound kernels against the device's copy bandwidth: paged decode attention and the W4A16 / W8A16
 GEMVs, Triton vs the torch reference. Writes <out>/kernels.json and prints a table.
 
-    PYTHONPATH=. python benchmarks/bench_kernels.py [--device cuda] [--quick] [--out DIR]
+    python benchmarks/bench_kernels.py [--device cuda] [--quick] [--out DIR]
 
 On cuda times are triton.testing.do_bench medians; on cpu perf_counter medians, reference ops only
 (Triton there would run under the interpreter).
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Runs from a checkout without an install too (the GPU check): kernels/ holds its portion of the llmctl namespace.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
 
-from kernels import quant_reference, reference  # noqa: E402
-from kernels.metadata import DecodeMetadata  # noqa: E402
+from llmctl.kernels import quant_reference, reference  # noqa: E402
+from llmctl.kernels.metadata import DecodeMetadata  # noqa: E402
 
 GOALS = {"paged_decode": 0.60, "awq_gemv": 0.50, "w8a16_gemv": None}
 # (name, q heads, kv heads, head dim)
@@ -138,8 +139,8 @@ def ops(use_triton: bool):
     }
     if not use_triton:
         return {name: (None, ref) for name, ref in table.items()}
-    from kernels.triton.paged_attention import paged_attention_decode
-    from kernels.triton.quant_matmul import awq_linear, w8a16_linear
+    from llmctl.kernels.triton.paged_attention import paged_attention_decode
+    from llmctl.kernels.triton.quant_matmul import awq_linear, w8a16_linear
 
     fast = {"paged_decode": paged_attention_decode, "awq_gemv": awq_linear, "w8a16_gemv": w8a16_linear}
     return {name: (fast[name], ref) for name, ref in table.items()}

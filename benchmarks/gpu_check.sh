@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.." || exit 1
 OUT="${OUT:-./gpu_out}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python}"
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+# No install needed: kernels/ and agent/ hold the portions of the llmctl namespace that the kernel tests and
+# benchmarks import; the root is there for tests.factories.
+export PYTHONPATH=".:kernels:agent${PYTHONPATH:+:$PYTHONPATH}"
 # Compiled kernels: the tests and the benchmarks must not fall back to the Triton interpreter.
 unset TRITON_INTERPRET
 KERNEL_TEST_ARGS="${KERNEL_TEST_ARGS:--q -x}"
@@ -45,7 +47,7 @@ env_info() {
     nvidia-smi || true
     "$PY" -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'cuda', \
 torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.is_available() and torch.cuda.get_device_name())"
-    "$PY" -c "import agent.engine.engine, kernels; print('agent.engine imports ok; kernels backend', kernels.BACKEND)"
+    "$PY" -c "import llmctl.agent.engine.engine, llmctl.kernels as k; print('llmctl.agent.engine imports ok; kernels backend', k.BACKEND)"
 }
 
 export PY

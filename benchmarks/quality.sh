@@ -22,8 +22,8 @@ run kv-fp8 --kv-cache-dtype fp8
 import json, sys
 from pathlib import Path
 
-from agent.engine.config import EngineConfig
-from agent.engine.engine import LLMEngine
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.engine import LLMEngine
 
 out = Path(sys.argv[1])
 rows = {}

@@ -15,8 +15,8 @@ command -v tmux >/dev/null || { echo "tui smoke: tmux is not installed" >&2; exi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/llmctl-tui-smoke.XXXXXX")"
 export LLMCTL_HOME="$WORK/home"
 SOCKET="llmctl-tui-smoke-$$"
-LLMCTL=("$PY" -m controlplane.cli)
-DASHBOARD="${DASHBOARD:-$PY -m controlplane.cli dashboard}"
+LLMCTL=("$PY" -m llmctl.controlplane.cli)
+DASHBOARD="${DASHBOARD:-$PY -m llmctl.controlplane.cli dashboard}"
 
 cleanup() {
     tmux -L "$SOCKET" kill-server 2>/dev/null || true

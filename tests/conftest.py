@@ -18,7 +18,7 @@ from tests.factories import make_tiny_llama
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The converted SmolLM2-135M folder in the default cache (pulled once; `make test` pulls it first)."""
-    from agent.models import pull
+    from llmctl.agent.models import pull
 
     return pull("smollm2-135m")
 

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(name: str, out: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the scripts find llmctl themselves, from any directory
     env.pop("LLMCTL_KERNELS", None)
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / name), "--device", "cpu", "--quick", "--out", str(out)],

@@ -17,7 +17,14 @@ from rich.console import Console
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from agent.bench import BenchOptions, RequestResult, make_workload, parse_range, resolve_dtype, run_bench
+from llmctl.agent.bench import (
+    BenchOptions,
+    RequestResult,
+    make_workload,
+    parse_range,
+    resolve_dtype,
+    run_bench,
+)
 from tests.factories import make_tiny_llama, make_tokenizer
 
 RUN_KEYS = {"name", "output_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms", "itl_ms",
@@ -126,7 +133,7 @@ def test_latencies_count_a_multi_token_delta_as_simultaneous_tokens():
 
 
 def test_engine_and_hf_baselines_produce_every_drawn_token(tiny_model, tmp_path):
-    from agent.engine.config import EngineConfig
+    from llmctl.agent.engine.config import EngineConfig
 
     out = tmp_path / "bench.json"
     # Staggered arrivals: requests admitted in the same step as the first one cannot hit its prefix yet.
@@ -195,7 +202,7 @@ def test_url_run_streams_every_drawn_token_from_a_live_server(server, tiny_model
     assert data["dtype"] is None and data["workload"]["request_rate"] == 50.0
 
     # With --model as well, the model only supplies the tokenizer: same prompts, still no local engine run.
-    from agent.engine.config import EngineConfig
+    from llmctl.agent.engine.config import EngineConfig
 
     again = run_bench(opts, EngineConfig(model=str(tiny_model), dtype="float32"), console=quiet())
     assert [run.name for run in again.runs] == ["url"]
@@ -203,7 +210,7 @@ def test_url_run_streams_every_drawn_token_from_a_live_server(server, tiny_model
 
 
 def test_cli_bench_writes_json_and_rejects_bad_ranges(tiny_model, tmp_path):
-    from controlplane.cli import app
+    from llmctl.controlplane.cli import app
 
     out = tmp_path / "cli.json"
     args = ["bench", "--model", str(tiny_model), "--requests", "6", "--input-len", "4:24",
@@ -221,7 +228,7 @@ def test_cli_bench_writes_json_and_rejects_bad_ranges(tiny_model, tmp_path):
 
 
 def test_a_workload_longer_than_the_context_is_rejected_before_loading(tiny_model):
-    from agent.engine.config import EngineConfig
+    from llmctl.agent.engine.config import EngineConfig
 
     config = EngineConfig(model=str(tiny_model), dtype="float32")
     with pytest.raises(ValueError, match="the longest request needs 560 tokens .* context limit is 512"):

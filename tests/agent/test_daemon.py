@@ -21,14 +21,14 @@ import httpx
 import psutil
 import pytest
 
-from agent import daemon_convert as convert
-from agent.daemon import AgentConfig, AgentConfigError, AgentDaemon, default_node_name, reconnect_delay
-from agent.fake_nvml import GIB, FakeGpu, FakeNvml
-from agent.replicas import ReplicaState, ReplicaStatus, free_port
-from agent.telemetry import HostTelemetry, NvmlTelemetry
-from controlplane.proto import llmctl_pb2 as pb
-from controlplane.proto import llmctl_pb2_grpc as pb_grpc
-from controlplane.server import ControlPlane, ServerConfig
+from llmctl.agent import daemon_convert as convert
+from llmctl.agent.daemon import AgentConfig, AgentConfigError, AgentDaemon, default_node_name, reconnect_delay
+from llmctl.agent.fake_nvml import GIB, FakeGpu, FakeNvml
+from llmctl.agent.replicas import ReplicaState, ReplicaStatus, free_port
+from llmctl.agent.telemetry import HostTelemetry, NvmlTelemetry
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
+from llmctl.controlplane.server import ControlPlane, ServerConfig
 from tests.factories import make_tiny_llama
 
 DEPLOYMENT = "chat"
@@ -307,7 +307,7 @@ def test_wrong_join_token_never_connects_and_says_so(cluster: Cluster, tmp_path:
 
 AGENT_SCRIPT = """
 import sys
-from agent.daemon import AgentConfig, run_agent
+from llmctl.agent.daemon import AgentConfig, run_agent
 address, token, log_dir = sys.argv[1:]
 run_agent(AgentConfig(address, token, node_name="cpu-box", log_dir=log_dir, telemetry_interval_s=0.5))
 """
@@ -363,7 +363,7 @@ def test_a_frozen_control_plane_is_noticed_by_its_silence_and_the_agent_reconnec
     grpc_port = free_port("127.0.0.1")
     env = {**os.environ, "LLMCTL_HOME": str(home)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.cli", "server", "--grpc-port", str(grpc_port), "--gateway-port", "0",
+        [sys.executable, "-m", "llmctl.controlplane.cli", "server", "--grpc-port", str(grpc_port), "--gateway-port", "0",
          "--database-url", f"sqlite:///{home / 'llmctl.db'}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

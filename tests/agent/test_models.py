@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agent.engine.errors import ModelNotFound
-from agent.engine.paths import COMPLETE_MARKER, REGISTRY, RegisteredModel, read_marker, write_marker
-from agent.models import (
+from llmctl.agent.engine.errors import ModelNotFound
+from llmctl.agent.engine.paths import COMPLETE_MARKER, REGISTRY, RegisteredModel, read_marker, write_marker
+from llmctl.agent.models import (
     ChecksumMismatch,
     DownloadFailed,
     download_gguf,

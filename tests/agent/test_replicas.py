@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from agent.replicas import ReplicaError, ReplicaState, ReplicaStatus, ReplicaSupervisor, UnknownReplica
+from llmctl.agent.replicas import ReplicaError, ReplicaState, ReplicaStatus, ReplicaSupervisor, UnknownReplica
 from tests.factories import make_tiny_llama
 
 MODEL = "tiny"
@@ -205,7 +205,7 @@ def test_close_leaves_no_child_process_alive(model_path: Path, tmp_path: Path):
 
 AGENT = textwrap.dedent("""
     import sys, time
-    from agent.replicas import ReplicaSupervisor
+    from llmctl.agent.replicas import ReplicaSupervisor
     def report(status):
         if status.pid:
             print(status.pid, flush=True)

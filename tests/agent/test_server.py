@@ -34,9 +34,9 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(model_path: Path):
     import uvicorn
 
-    from agent.engine.async_engine import AsyncEngine
-    from agent.engine.config import EngineConfig
-    from agent.server import build_app
+    from llmctl.agent.engine.async_engine import AsyncEngine
+    from llmctl.agent.engine.config import EngineConfig
+    from llmctl.agent.server import build_app
 
     config = EngineConfig(model=str(model_path), dtype="float32", max_model_len=CONTEXT, num_kv_blocks=1024)
     engine = AsyncEngine.from_config(config)

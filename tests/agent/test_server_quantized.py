@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.engine.quantization.checkpoint import quantize_to_folder
+from llmctl.agent.engine.quantization.checkpoint import quantize_to_folder
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def awq_server(tiny_llama, tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.cli", "serve", str(folder), "--port", str(port),
+        [sys.executable, "-m", "llmctl.controlplane.cli", "serve", str(folder), "--port", str(port),
          "--served-model-name", "tiny-awq", "--dtype", "float32", "--num-kv-blocks", "64"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -13,9 +13,9 @@ import httpx
 import psutil
 import pytest
 
-from agent.fake_nvml import GIB, FakeGpu, FakeNvml
-from agent.replica_stats import histogram_quantile, parse_replica_metrics
-from agent.telemetry import (
+from llmctl.agent.fake_nvml import GIB, FakeGpu, FakeNvml
+from llmctl.agent.replica_stats import histogram_quantile, parse_replica_metrics
+from llmctl.agent.telemetry import (
     GpuProcessReading,
     HostTelemetry,
     NvmlTelemetry,
@@ -153,9 +153,9 @@ def test_metrics_a_replica_does_not_export_are_none():
 def server(tiny_llama: Path):
     import uvicorn
 
-    from agent.engine.async_engine import AsyncEngine
-    from agent.engine.config import EngineConfig
-    from agent.server import build_app
+    from llmctl.agent.engine.async_engine import AsyncEngine
+    from llmctl.agent.engine.config import EngineConfig
+    from llmctl.agent.server import build_app
 
     engine = AsyncEngine.from_config(EngineConfig(model=str(tiny_llama), dtype="float32", num_kv_blocks=64))
     sock = socket.socket()

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from controlplane.db.session import make_engine, session_factory, upgrade_database
+from llmctl.controlplane.db.session import make_engine, session_factory, upgrade_database
 
 POSTGRES_ADMIN_URL = os.environ.get("LLMCTL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 BACKENDS = ["sqlite", "postgres"]

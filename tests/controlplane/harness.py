@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 
-from controlplane.proto import llmctl_pb2 as pb
-from controlplane.proto import llmctl_pb2_grpc as pb_grpc
-from controlplane.server import ControlPlane, ServerConfig
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
+from llmctl.controlplane.server import ControlPlane, ServerConfig
 
 FAST = dict(grpc_port=0, gateway_port=0, heartbeat_interval_s=0.2, reconcile_interval_s=0.2,
             node_timeout_s=2.0)

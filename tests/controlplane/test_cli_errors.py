@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from controlplane.cli import app
+from llmctl.controlplane.cli import app
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -167,7 +167,7 @@ def test_help_documents_exit_codes_and_imports_stay_lazy():
         assert f" {command} " in output, command
     # A GPU box that only runs `llmctl serve` must not need the control plane's packages at startup.
     code = (
-        "import sys, controlplane.cli; print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "import sys, llmctl.controlplane.cli; print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'grpc', 'sqlalchemy', 'torch', 'psutil', 'fastapi'}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

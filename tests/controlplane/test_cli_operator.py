@@ -20,8 +20,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from controlplane.cli import app
-from controlplane.server import ControlPlane, ServerConfig
+from llmctl.controlplane.cli import app
+from llmctl.controlplane.server import ControlPlane, ServerConfig
 
 ADMIN_TOKEN = "operator-test-admin-token"
 
@@ -209,7 +209,7 @@ def test_events_follow_prints_new_events_as_json_lines(control_plane: ControlPla
         [
             sys.executable,
             "-m",
-            "controlplane.cli",
+            "llmctl.controlplane.cli",
             "events",
             "--follow",
             "--output",

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from agent.daemon import AgentConfig, AgentDaemon
-from agent.fake_nvml import GIB, FakeGpu, FakeNvml
-from controlplane.cli import app
-from controlplane.server import ControlPlane, ServerConfig
+from llmctl.agent.daemon import AgentConfig, AgentDaemon
+from llmctl.agent.fake_nvml import GIB, FakeGpu, FakeNvml
+from llmctl.controlplane.cli import app
+from llmctl.controlplane.server import ControlPlane, ServerConfig
 
 pytestmark = pytest.mark.slow
 ADMIN_TOKEN = "rollout-test-admin-token"

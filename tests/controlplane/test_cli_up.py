@@ -14,7 +14,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from controlplane.cli import app
+from llmctl.controlplane.cli import app
 from tests.e2e.conftest import free_port, processes_under
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def llmctl(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "controlplane.cli", *args],
+        [sys.executable, "-m", "llmctl.controlplane.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

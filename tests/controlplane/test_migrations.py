@@ -10,16 +10,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from controlplane.db import session
-from controlplane.db.models import Base
-from controlplane.db.session import (
+from llmctl.controlplane.db import session
+from llmctl.controlplane.db.models import Base
+from llmctl.controlplane.db.session import (
     current_revision,
     downgrade_database,
     head_revision,
     make_engine,
     upgrade_database,
 )
-from controlplane.errors import InvalidArgument
+from llmctl.controlplane.errors import InvalidArgument
 
 
 def schema_differences(url: str) -> list:

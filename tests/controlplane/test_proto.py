@@ -11,14 +11,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.fake_nvml import FakeNvml
-from agent.replicas import ReplicaState
-from agent.telemetry import GpuProcessReading, GpuReading, HostReading, NvmlTelemetry
-from controlplane.proto import llmctl_pb2 as pb
-from controlplane.proto import llmctl_pb2_grpc as pb_grpc
+from llmctl.agent.fake_nvml import FakeNvml
+from llmctl.agent.replicas import ReplicaState
+from llmctl.agent.telemetry import GpuProcessReading, GpuReading, HostReading, NvmlTelemetry
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTO = "controlplane/proto/llmctl.proto"
+INCLUDE_ROOT = ROOT / "controlplane"  # the component folder that holds its portion of the llmctl namespace
+PROTO = "llmctl/controlplane/proto/llmctl.proto"
 STUBS = ("llmctl_pb2.py", "llmctl_pb2.pyi", "llmctl_pb2_grpc.py")
 
 
@@ -26,12 +27,12 @@ def test_committed_stubs_are_what_the_proto_generates(tmp_path: Path):
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", "-I.", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
          f"--grpc_python_out={tmp_path}", PROTO],
-        cwd=ROOT, check=True, capture_output=True,
+        cwd=INCLUDE_ROOT, check=True, capture_output=True,
     )
     for name in STUBS:
-        fresh = (tmp_path / "controlplane/proto" / name).read_bytes()
-        committed = (ROOT / "controlplane/proto" / name).read_bytes()
-        assert fresh == committed, f"controlplane/proto/{name} is stale or hand-edited: run scripts/gen_proto.sh"
+        fresh = (tmp_path / "llmctl/controlplane/proto" / name).read_bytes()
+        committed = (INCLUDE_ROOT / "llmctl/controlplane/proto" / name).read_bytes()
+        assert fresh == committed, f"{PROTO} stubs: {name} is stale or hand-edited: run scripts/gen_proto.sh"
 
 
 def roundtrip(message):

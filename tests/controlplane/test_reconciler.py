@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controlplane.planning import Member, NodeRoom, place, plan_deployment
+from llmctl.controlplane.planning import Member, NodeRoom, place, plan_deployment
 
 CURRENT, OLD = 2, 1
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import httpx
 
-from controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.proto import llmctl_pb2 as pb
 from tests.controlplane.harness import (
     Admin,
     ScriptedAgent,

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.proto import llmctl_pb2 as pb
 from tests.controlplane.harness import (
     Admin,
     ScriptedAgent,

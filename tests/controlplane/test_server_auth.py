@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controlplane.errors import InvalidArgument
-from controlplane.proto import llmctl_pb2 as pb
-from controlplane.proto import llmctl_pb2_grpc as pb_grpc
-from controlplane.server import ControlPlane, ServerConfig
+from llmctl.controlplane.errors import InvalidArgument
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
+from llmctl.controlplane.server import ControlPlane, ServerConfig
 from tests.controlplane.harness import Admin, ScriptedAgent, running_control_plane, wait_for
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-from agent.daemon import AgentConfig, AgentDaemon
-from agent.fake_nvml import FakeGpu, FakeNvml
-from controlplane.proto import llmctl_pb2 as pb
+from llmctl.agent.daemon import AgentConfig, AgentDaemon
+from llmctl.agent.fake_nvml import FakeGpu, FakeNvml
+from llmctl.controlplane.proto import llmctl_pb2 as pb
 from tests.controlplane.harness import Admin, running_control_plane, wait_for
 
 ENGINE = {"dtype": "float32", "num_threads": 1, "num_kv_blocks": 64, "max_num_seqs": 4}

@@ -11,13 +11,13 @@ import grpc
 import httpx
 import pytest
 
-from controlplane.proto import llmctl_pb2 as pb
-from controlplane.proto import llmctl_pb2_grpc as pb_grpc
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
 
 SCRIPT = """
 import sys
 from pathlib import Path
-from controlplane.server import ServerConfig, run_server
+from llmctl.controlplane.server import ServerConfig, run_server
 run_server(ServerConfig(grpc_port=0, gateway_port=0, home=Path(sys.argv[1])))
 """
 

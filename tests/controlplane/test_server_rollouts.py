@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.proto import llmctl_pb2 as pb
 from tests.controlplane.harness import Admin, ScriptedAgent, running_control_plane, wait_for
 
 

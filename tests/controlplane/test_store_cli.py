@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from controlplane.db.cli import db_app
-from controlplane.db.session import head_revision
+from llmctl.controlplane.db.cli import db_app
+from llmctl.controlplane.db.session import head_revision
 
 
 def run(*args: str, answer: str | None = None) -> tuple[int, str]:

@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from agent.engine.config import EngineConfig
-from controlplane.db.models import Revision, RevisionImmutable
-from controlplane.db.session import session_scope
-from controlplane.errors import Conflict, InvalidArgument, NotFound
-from controlplane.services.deployments import (
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.controlplane.db.models import Revision, RevisionImmutable
+from llmctl.controlplane.db.session import session_scope
+from llmctl.controlplane.errors import Conflict, InvalidArgument, NotFound
+from llmctl.controlplane.services.deployments import (
     config_diff,
     delete_deployment,
     deploy,
@@ -23,8 +23,8 @@ from controlplane.services.deployments import (
     rollback,
     scale,
 )
-from controlplane.services.events import list_events
-from controlplane.services.replicas import create_replica, list_replicas
+from llmctl.controlplane.services.events import list_events
+from llmctl.controlplane.services.replicas import create_replica, list_replicas
 
 MODEL = "smollm2-135m"
 

@@ -7,9 +7,9 @@ import threading
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from controlplane.db.session import session_scope
-from controlplane.errors import InvalidArgument
-from controlplane.services.events import list_events, record_event
+from llmctl.controlplane.db.session import session_scope
+from llmctl.controlplane.errors import InvalidArgument
+from llmctl.controlplane.services.events import list_events, record_event
 
 
 def test_events_filter_and_resume_after_an_id(db_factory: sessionmaker[Session]) -> None:

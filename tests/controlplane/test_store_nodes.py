@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from controlplane.db.session import session_scope
-from controlplane.errors import InvalidArgument, NotFound
-from controlplane.services.events import list_events
-from controlplane.services.nodes import (
+from llmctl.controlplane.db.session import session_scope
+from llmctl.controlplane.errors import InvalidArgument, NotFound
+from llmctl.controlplane.services.events import list_events
+from llmctl.controlplane.services.nodes import (
     get_node,
     heartbeat,
     list_nodes,

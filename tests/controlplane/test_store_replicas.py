@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from controlplane.db.session import session_scope
-from controlplane.errors import InvalidArgument, NotFound
-from controlplane.services.deployments import deploy, get_deployment
-from controlplane.services.events import list_events
-from controlplane.services.nodes import get_node
-from controlplane.services.replicas import create_replica, get_replica, list_replicas, update_replica
+from llmctl.controlplane.db.session import session_scope
+from llmctl.controlplane.errors import InvalidArgument, NotFound
+from llmctl.controlplane.services.deployments import deploy, get_deployment
+from llmctl.controlplane.services.events import list_events
+from llmctl.controlplane.services.nodes import get_node
+from llmctl.controlplane.services.replicas import create_replica, get_replica, list_replicas, update_replica
 from tests.controlplane.test_store_nodes import register
 
 

@@ -9,15 +9,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from controlplane.db.session import (
+from llmctl.controlplane.db.session import (
     default_database_url,
     make_engine,
     session_factory,
     session_scope,
     upgrade_database,
 )
-from controlplane.errors import InvalidArgument, Unavailable
-from controlplane.services.deployments import deploy, list_deployments
+from llmctl.controlplane.errors import InvalidArgument, Unavailable
+from llmctl.controlplane.services.deployments import deploy, list_deployments
 
 GONE = "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/x"
 

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from controlplane.db.models import ApiKey
-from controlplane.db.session import session_scope
-from controlplane.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
-from controlplane.services.events import list_events
-from controlplane.services.tenants import (
+from llmctl.controlplane.db.models import ApiKey
+from llmctl.controlplane.db.session import session_scope
+from llmctl.controlplane.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from llmctl.controlplane.services.events import list_events
+from llmctl.controlplane.services.tenants import (
     authenticate,
     create_api_key,
     create_tenant,

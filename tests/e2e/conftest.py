@@ -82,7 +82,7 @@ class Processes:
         home.mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child writes it for its whole life
         process = subprocess.Popen(
-            [sys.executable, "-m", "controlplane.cli", *args],
+            [sys.executable, "-m", "llmctl.controlplane.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -122,7 +122,7 @@ class Cli:
         self.control_plane, self.admin_token = control_plane, admin_token
 
     def __call__(self, *args: str, expect: int = 0) -> str:
-        from controlplane.cli import app
+        from llmctl.controlplane.cli import app
 
         result = CliRunner().invoke(
             app, [*args, "--control-plane", self.control_plane, "--admin-token", self.admin_token]
@@ -135,7 +135,7 @@ class Cli:
 
     def try_json(self, *args: str) -> Any:
         """The command's JSON, or None when it fails (e.g. the control plane is still starting)."""
-        from controlplane.cli import app
+        from llmctl.controlplane.cli import app
 
         result = CliRunner().invoke(
             app,

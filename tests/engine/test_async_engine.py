@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from agent.engine.async_engine import AsyncEngine
-from agent.engine.config import EngineConfig
-from agent.engine.engine import LLMEngine
-from agent.engine.errors import InvalidRequest
-from agent.engine.sampling import SamplingParams
+from llmctl.agent.engine.async_engine import AsyncEngine
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.engine import LLMEngine
+from llmctl.agent.engine.errors import InvalidRequest
+from llmctl.agent.engine.sampling import SamplingParams
 
 PROMPTS = [
     "The capital of France is",

@@ -10,9 +10,9 @@ import random
 
 import pytest
 
-from agent.engine.config import EngineConfig
-from agent.engine.engine import LLMEngine
-from agent.engine.sampling import SamplingParams
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.engine import LLMEngine
+from llmctl.agent.engine.sampling import SamplingParams
 
 LENGTHS = [5, 300, 17, 64, 128, 33, 250, 9, 200, 48, 96, 150, 12, 280, 75, 40]
 SHARED = {3: 1, 8: 1, 11: 1, 13: 6}

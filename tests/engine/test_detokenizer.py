@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from agent.engine.config import EngineConfig
-from agent.engine.detokenizer import IncrementalDetokenizer
-from agent.engine.engine import LLMEngine
-from agent.engine.errors import InvalidRequest
-from agent.engine.sampling import SamplingParams
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.detokenizer import IncrementalDetokenizer
+from llmctl.agent.engine.engine import LLMEngine
+from llmctl.agent.engine.errors import InvalidRequest
+from llmctl.agent.engine.sampling import SamplingParams
 
 MIXED = "日本語のテキスト 😀🎉 naïve café 你好世界 👍🏽 done."
 PROMPT = "Write a paragraph about international cooperation and telecommunications infrastructure:"

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from agent.engine.config import EngineConfig
-from agent.engine.engine import LLMEngine
-from agent.engine.sampling import SamplingParams
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.engine import LLMEngine
+from llmctl.agent.engine.sampling import SamplingParams
 
 PROMPTS = [
     "The capital of France is",

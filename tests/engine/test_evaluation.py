@@ -9,10 +9,17 @@ from collections import Counter
 import pytest
 import torch
 
-from agent.engine.config import EngineConfig
-from agent.engine.engine import LLMEngine
-from agent.engine.errors import InvalidRequest
-from agent.engine.evaluation import DEFAULT_MC, EvalOptions, MCItem, _score_items, evaluate, load_mc_items
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.engine import LLMEngine
+from llmctl.agent.engine.errors import InvalidRequest
+from llmctl.agent.engine.evaluation import (
+    DEFAULT_MC,
+    EvalOptions,
+    MCItem,
+    _score_items,
+    evaluate,
+    load_mc_items,
+)
 
 KEYS = {"linear_weight_bytes", "kv_bytes_per_token", "perplexity", "kl_divergence", "top1_agreement", "accuracy"}
 
@@ -120,7 +127,7 @@ def test_malformed_multiple_choice_lines_name_the_line(tmp_path, line, message):
 def test_eval_cli_prints_a_table_and_writes_both_sides_as_json(tiny_llama, files, tmp_path):
     from typer.testing import CliRunner
 
-    from controlplane.cli import app
+    from llmctl.controlplane.cli import app
 
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(app, [

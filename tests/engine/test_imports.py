@@ -11,7 +11,8 @@ SERVER_SIDE = ("gguf", "rich", "typer", "fastapi", "uvicorn", "prometheus_client
 
 def test_engine_and_kernels_import_without_server_side_packages():
     code = (
-        "import sys, kernels, agent.engine.engine, agent.engine.async_engine, agent.engine.loader\n"
+        "import sys, llmctl.kernels, llmctl.agent.engine.engine, llmctl.agent.engine.async_engine\n"
+        "import llmctl.agent.engine.loader\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({SERVER_SIDE!r})))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

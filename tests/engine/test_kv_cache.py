@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from agent.engine.config import EngineConfig
-from agent.engine.engine import LLMEngine
-from agent.engine.kv_cache import BlockManager
-from agent.engine.sampling import SamplingParams
-from agent.engine.sequence import Sequence
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.engine import LLMEngine
+from llmctl.agent.engine.kv_cache import BlockManager
+from llmctl.agent.engine.sampling import SamplingParams
+from llmctl.agent.engine.sequence import Sequence
 
 BS = 4
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent.engine.config import EngineConfig
-from agent.engine.engine import LLMEngine
-from agent.engine.errors import InvalidRequest
-from agent.engine.sampling import SamplingParams
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.engine import LLMEngine
+from llmctl.agent.engine.errors import InvalidRequest
+from llmctl.agent.engine.sampling import SamplingParams
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "The three primary colors are"]
 MEMORY = 64 << 20
@@ -67,7 +67,7 @@ def test_fp8_scales_are_calibrated_per_layer_and_head(smollm2_path):
     assert (flat > 0).all() and not torch.allclose(flat, torch.ones_like(flat))
     assert flat.unique().numel() > flat.numel() // 2, "each layer and head gets its own range"
     # Every calibration value fits e4m3's range: the largest K value a prompt produces stays inside it.
-    from agent.engine.quantization import kv
+    from llmctl.agent.engine.quantization import kv
 
     windows = [engine.tokenize("The capital of France is Paris, and the capital of Italy is Rome.")]
     fresh = kv.calibrate_fp8_scales(engine.runner.model, windows)

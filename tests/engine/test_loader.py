@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from agent.engine.errors import ModelNotFound, UnsupportedModel
-from agent.engine.gguf_convert import GLOBAL_TENSORS, LAYER_TENSORS
-from agent.engine.loader import load_model_config, load_state_dict, load_tokenizer, resolve_model
-from agent.engine.paths import COMPLETE_MARKER, sha256_file
+from llmctl.agent.engine.errors import ModelNotFound, UnsupportedModel
+from llmctl.agent.engine.gguf_convert import GLOBAL_TENSORS, LAYER_TENSORS
+from llmctl.agent.engine.loader import load_model_config, load_state_dict, load_tokenizer, resolve_model
+from llmctl.agent.engine.paths import COMPLETE_MARKER, sha256_file
 from tests.factories import CORPUS
 
 HF_TO_GGUF = {hf: name for name, hf in GLOBAL_TENSORS.items()} | {

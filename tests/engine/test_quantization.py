@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.engine.config import EngineConfig
-from agent.engine.engine import LLMEngine
-from agent.engine.errors import InvalidRequest, UnsupportedModel
-from agent.engine.models.linear import AWQLinear, DenseLinear, Int8Linear
-from agent.engine.quantization import QuantSpec, awq, resolve_spec
-from agent.engine.quantization.checkpoint import quantize_to_folder
-from agent.engine.sampling import SamplingParams
-from kernels.quant_reference import dequantize_awq, pack_awq, quantize_int8_per_channel, unpack_awq
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.engine import LLMEngine
+from llmctl.agent.engine.errors import InvalidRequest, UnsupportedModel
+from llmctl.agent.engine.models.linear import AWQLinear, DenseLinear, Int8Linear
+from llmctl.agent.engine.quantization import QuantSpec, awq, resolve_spec
+from llmctl.agent.engine.quantization.checkpoint import quantize_to_folder
+from llmctl.agent.engine.sampling import SamplingParams
+from llmctl.kernels.quant_reference import dequantize_awq, pack_awq, quantize_int8_per_channel, unpack_awq
 
 
 def engine(model, **kw) -> LLMEngine:
@@ -74,7 +74,7 @@ def test_awq_layer_packs_in_the_documented_gemm_layout_bit_for_bit():
 
 
 def test_group_size_auto_picks_the_largest_that_divides_every_layer(tiny_llama, smollm2_path):
-    from agent.engine.loader import load_model_config
+    from llmctl.agent.engine.loader import load_model_config
 
     assert resolve_spec("awq", "auto", load_model_config(smollm2_path)).group_size == 64  # hidden 576
     assert resolve_spec("rtn4", None, load_model_config(tiny_llama)).group_size == 64  # hidden 64
@@ -189,7 +189,7 @@ def test_calibration_file_missing_or_empty_is_a_clear_error(tiny_llama, tmp_path
 def test_quantize_cli_writes_a_folder_that_generate_serves(tiny_llama, tmp_path):
     from typer.testing import CliRunner
 
-    from controlplane.cli import app
+    from llmctl.controlplane.cli import app
 
     calib = tmp_path / "calib.jsonl"
     calib.write_text("\n".join(json.dumps({"text": f"sample {i}: the quick brown fox"}) for i in range(20)))

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from agent.engine.config import EngineConfig
-from agent.engine.engine import LLMEngine
-from agent.engine.sampler import Sampler, apply_filters
-from agent.engine.sampling import SamplingParams
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.engine import LLMEngine
+from llmctl.agent.engine.sampler import Sampler, apply_filters
+from llmctl.agent.engine.sampling import SamplingParams
 
 
 def logits_of(probs: list[float]) -> torch.Tensor:

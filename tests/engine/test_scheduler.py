@@ -6,10 +6,10 @@ samples one token, and it finishes after max_tokens of them.
 
 from __future__ import annotations
 
-from agent.engine.kv_cache import BlockManager
-from agent.engine.sampling import SamplingParams
-from agent.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
-from agent.engine.sequence import Sequence, SequenceStatus
+from llmctl.agent.engine.kv_cache import BlockManager
+from llmctl.agent.engine.sampling import SamplingParams
+from llmctl.agent.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from llmctl.agent.engine.sequence import Sequence, SequenceStatus
 
 BS = 4
 

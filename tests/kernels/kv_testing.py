@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.runtime import interpreter as _interp  # noqa: E402
 
-from kernels import reference  # noqa: E402
+from llmctl.kernels import reference  # noqa: E402
 from tests.kernels.closeness import assert_close as assert_rel_close  # noqa: E402, F401
 from tests.kernels.closeness import rel_err  # noqa: E402, F401
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
-from kernels.triton.kv_cache import write_kv
+from llmctl.kernels import reference
+from llmctl.kernels.triton.kv_cache import write_kv
 from tests.kernels.kv_testing import KV_DTYPES, QUANTIZED, kv_pool, query_dtype
 
 SHAPES = [(6, 16, 2, 64, 20), (5, 32, 3, 128, 37)]  # num_blocks, block_size, KVH, D, new tokens

@@ -13,8 +13,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
 
-from kernels import reference  # noqa: E402
-from kernels.triton import norm_rope  # noqa: E402
+from llmctl.kernels import reference  # noqa: E402
+from llmctl.kernels.triton import norm_rope  # noqa: E402
 from tests.kernels.closeness import assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
-from kernels.metadata import DecodeMetadata
-from kernels.triton.kv_cache import write_kv
-from kernels.triton.paged_attention import choose_num_splits, paged_attention_decode
+from llmctl.kernels import reference
+from llmctl.kernels.metadata import DecodeMetadata
+from llmctl.kernels.triton.kv_cache import write_kv
+from llmctl.kernels.triton.paged_attention import choose_num_splits, paged_attention_decode
 from tests.kernels.kv_testing import (
     KV_DTYPES,
     TOL,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
-from kernels.metadata import PrefillMetadata
-from kernels.triton.prefill_attention import prefill_attention
+from llmctl.kernels import reference
+from llmctl.kernels.metadata import PrefillMetadata
+from llmctl.kernels.triton.prefill_attention import prefill_attention
 from tests.kernels.kv_testing import (
     KV_DTYPES,
     TOL,

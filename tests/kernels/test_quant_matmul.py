@@ -11,8 +11,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import quant_reference as ref  # noqa: E402
-from kernels.triton import quant_matmul as tq  # noqa: E402
+from llmctl.kernels import quant_reference as ref  # noqa: E402
+from llmctl.kernels.triton import quant_matmul as tq  # noqa: E402
 from tests.kernels.closeness import assert_close as assert_rel_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

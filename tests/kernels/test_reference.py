@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
-from kernels.metadata import DecodeMetadata, PrefillMetadata
+from llmctl.kernels import reference
+from llmctl.kernels.metadata import DecodeMetadata, PrefillMetadata
 
 
 def fp64_attention(q, k, v, context_start, scale):

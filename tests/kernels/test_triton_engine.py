@@ -12,10 +12,10 @@ import pytest
 
 SCRIPT = r"""
 import json, sys
-import kernels
-from agent.engine.config import EngineConfig
-from agent.engine.engine import LLMEngine
-from agent.engine.sampling import SamplingParams
+from llmctl import kernels
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.engine import LLMEngine
+from llmctl.agent.engine.sampling import SamplingParams
 
 assert kernels.BACKEND == sys.argv[2]
 engine = LLMEngine(EngineConfig(model=sys.argv[1], dtype="float32", num_threads=1,

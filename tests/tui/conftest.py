@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from controlplane.proto import llmctl_pb2 as pb
-from controlplane.server import ControlPlane
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.server import ControlPlane
+from llmctl.tui.app import DashboardApp
+from llmctl.tui.feed import LiveFeed
 from tests.controlplane.harness import ScriptedAgent, running_control_plane
-from tui.app import DashboardApp
-from tui.feed import LiveFeed
 
 SIZE = (120, 40)
 

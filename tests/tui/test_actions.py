@@ -10,17 +10,17 @@ from collections.abc import Iterator
 import pytest
 from textual.widgets import Input
 
-from controlplane.client import AdminClient
-from controlplane.server import ControlPlane
+from llmctl.controlplane.client import AdminClient
+from llmctl.controlplane.server import ControlPlane
+from llmctl.tui.dialogs.confirm import ConfirmDialog
+from llmctl.tui.dialogs.deploy_form import DeployForm
+from llmctl.tui.dialogs.rollback import RollbackDialog
+from llmctl.tui.dialogs.scale import ScaleDialog
+from llmctl.tui.screens.fleet import FleetScreen
+from llmctl.tui.widgets.deployments_table import DeploymentsTable
+from llmctl.tui.widgets.result_line import ResultLine
 from tests.controlplane.harness import ScriptedAgent
 from tests.tui.conftest import SIZE, live_app, screen_text, serving_agent, until
-from tui.dialogs.confirm import ConfirmDialog
-from tui.dialogs.deploy_form import DeployForm
-from tui.dialogs.rollback import RollbackDialog
-from tui.dialogs.scale import ScaleDialog
-from tui.screens.fleet import FleetScreen
-from tui.widgets.deployments_table import DeploymentsTable
-from tui.widgets.result_line import ResultLine
 
 pytestmark = pytest.mark.anyio
 

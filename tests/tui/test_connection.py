@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.client import AdminClient
+from llmctl.controlplane.client import AdminClient
+from llmctl.tui.dialogs.confirm import ConfirmDialog
+from llmctl.tui.dialogs.scale import ScaleDialog
+from llmctl.tui.widgets.deployments_table import DeploymentsTable
+from llmctl.tui.widgets.events_table import EventsTable
+from llmctl.tui.widgets.result_line import ResultLine
 from tests.controlplane.harness import running_control_plane
 from tests.e2e.conftest import free_port
 from tests.tui.conftest import SIZE, live_app, screen_text, serving_agent, until
-from tui.dialogs.confirm import ConfirmDialog
-from tui.dialogs.scale import ScaleDialog
-from tui.widgets.deployments_table import DeploymentsTable
-from tui.widgets.events_table import EventsTable
-from tui.widgets.result_line import ResultLine
 
 pytestmark = pytest.mark.anyio
 

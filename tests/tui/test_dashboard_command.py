@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from controlplane.commands import dashboard
+from llmctl.controlplane.commands import dashboard
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tui.dialogs.deploy_form import FormError, build_spec
+from llmctl.tui.dialogs.deploy_form import FormError, build_spec
 
 DEFAULTS = {"max_num_seqs": "64", "max_num_batched_tokens": "2048", "max_model_len": "", "num_kv_blocks": "",
             "kv_cache_memory": "", "num_threads": "", "dtype": "auto", "kv_cache_dtype": "auto",

@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from controlplane.client import AdminClient
-from controlplane.proto import llmctl_pb2 as pb
-from controlplane.server import ControlPlane
+from llmctl.controlplane.client import AdminClient
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.server import ControlPlane
+from llmctl.tui.app import DashboardApp
+from llmctl.tui.feed import LiveFeed
+from llmctl.tui.messages import EventMailbox, EventsArrived
+from llmctl.tui.widgets.events_table import EventsTable
 from tests.tui.conftest import SIZE, until
-from tui.app import DashboardApp
-from tui.feed import LiveFeed
-from tui.messages import EventMailbox, EventsArrived
-from tui.widgets.events_table import EventsTable
 
 pytestmark = pytest.mark.anyio
 

@@ -7,17 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.daemon import AgentConfig, AgentDaemon
-from agent.fake_nvml import GIB, FakeGpu, FakeNvml
-from controlplane.client import AdminClient
-from controlplane.server import ControlPlane
+from llmctl.agent.daemon import AgentConfig, AgentDaemon
+from llmctl.agent.fake_nvml import GIB, FakeGpu, FakeNvml
+from llmctl.controlplane.client import AdminClient
+from llmctl.controlplane.server import ControlPlane
+from llmctl.tui.screens.deployment import DeploymentScreen
+from llmctl.tui.screens.events import EventsScreen
+from llmctl.tui.screens.fleet import FleetScreen
+from llmctl.tui.widgets.deployments_table import DeploymentsTable
+from llmctl.tui.widgets.events_table import EventsTable
+from llmctl.tui.widgets.nodes_table import NodesTable
 from tests.tui.conftest import SIZE, live_app, screen_text, serving_agent, until
-from tui.screens.deployment import DeploymentScreen
-from tui.screens.events import EventsScreen
-from tui.screens.fleet import FleetScreen
-from tui.widgets.deployments_table import DeploymentsTable
-from tui.widgets.events_table import EventsTable
-from tui.widgets.nodes_table import NodesTable
 
 pytestmark = pytest.mark.anyio
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from llmctl.tui.app import DashboardApp
+from llmctl.tui.recorded import RecordedFeed, demo_frame, demo_recording
+from llmctl.tui.widgets.deployments_table import DeploymentsTable
+from llmctl.tui.widgets.nodes_table import NodesTable
 from tests.tui.conftest import SIZE, until
-from tui.app import DashboardApp
-from tui.recorded import RecordedFeed, demo_frame, demo_recording
-from tui.widgets.deployments_table import DeploymentsTable
-from tui.widgets.nodes_table import NodesTable
 
 pytestmark = pytest.mark.anyio
 

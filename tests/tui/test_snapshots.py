@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from textual.pilot import Pilot
 
+from llmctl.tui.app import DashboardApp
+from llmctl.tui.recorded import RecordedFeed, demo_recording
+from llmctl.tui.screens.deployment import DeploymentScreen
+from llmctl.tui.widgets.revisions_table import RevisionsTable
 from tests.tui.conftest import SIZE, until
-from tui.app import DashboardApp
-from tui.recorded import RecordedFeed, demo_recording
-from tui.screens.deployment import DeploymentScreen
-from tui.widgets.revisions_table import RevisionsTable
 
 
 def recorded_app() -> DashboardApp:

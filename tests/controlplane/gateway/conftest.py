@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from controlplane.db.session import session_scope
-from controlplane.gateway.routes import Endpoint, RouteTable
-from controlplane.services import tenants
+from llmctl.controlplane.db.session import session_scope
+from llmctl.controlplane.gateway.routes import Endpoint, RouteTable
+from llmctl.controlplane.services import tenants
 from tests.factories import make_tiny_llama
 
 CONTEXT = 4096  # long enough that a held-open stream is still generating when the test looks at it
@@ -74,9 +74,9 @@ def replicas(tiny_4k: Path) -> Iterator[SimpleNamespace]:
     """Two live engine servers of the same model, a third serving it as "flaky", one (also "flaky") whose
     engine loop never started, so every generation is a 500, and a closed port. Replicas serve under their
     deployment's name: the gateway passes the client's body, model name included, through unchanged."""
-    from agent.engine.async_engine import AsyncEngine
-    from agent.engine.config import EngineConfig
-    from agent.server import build_app
+    from llmctl.agent.engine.async_engine import AsyncEngine
+    from llmctl.agent.engine.config import EngineConfig
+    from llmctl.agent.server import build_app
 
     config = EngineConfig(model=str(tiny_4k), dtype="float32", max_model_len=CONTEXT, num_kv_blocks=1024)
     engines = [AsyncEngine.from_config(config) for _ in range(4)]
@@ -102,7 +102,7 @@ def routes(replicas: SimpleNamespace) -> RouteTable:
 @pytest.fixture
 def make_gateway(db_factory: Any, routes: RouteTable) -> Iterator[Callable[..., SimpleNamespace]]:
     """Start a gateway over `routes` and the test's database; keyword arguments go to build_gateway_app."""
-    from controlplane.gateway.app import build_gateway_app
+    from llmctl.controlplane.gateway.app import build_gateway_app
 
     with ExitStack() as stack:
         def start(**kwargs: Any) -> SimpleNamespace:

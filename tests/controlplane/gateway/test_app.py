@@ -9,8 +9,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.db.session import make_engine, session_factory
-from controlplane.gateway.ratelimit import RateLimiter
+from llmctl.controlplane.db.session import make_engine, session_factory
+from llmctl.controlplane.gateway.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 

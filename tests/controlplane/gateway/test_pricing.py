@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from controlplane.errors import InvalidArgument
-from controlplane.gateway.pricing import DEFAULT_GPU_PRICES, PriceTable
+from llmctl.controlplane.errors import InvalidArgument
+from llmctl.controlplane.gateway.pricing import DEFAULT_GPU_PRICES, PriceTable
 
 
 @pytest.mark.parametrize("reported, table_name", [

@@ -11,8 +11,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.gateway.routes import Endpoint
-from controlplane.gateway.routing import HashRing, prompt_key
+from llmctl.controlplane.gateway.routes import Endpoint
+from llmctl.controlplane.gateway.routing import HashRing, prompt_key
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -163,9 +163,9 @@ def test_a_burst_of_one_prefix_spreads_only_beyond_the_load_margin(make_gateway,
 
 def test_a_replica_that_dies_mid_stream_ends_the_stream_with_an_error(make_gateway, make_tenant, routes, tiny_4k,
                                                                        serve):
-    from agent.engine.async_engine import AsyncEngine
-    from agent.engine.config import EngineConfig
-    from agent.server import build_app
+    from llmctl.agent.engine.async_engine import AsyncEngine
+    from llmctl.agent.engine.config import EngineConfig
+    from llmctl.agent.server import build_app
 
     engine = AsyncEngine.from_config(EngineConfig(model=str(tiny_4k), dtype="float32", num_kv_blocks=1024))
     gateway = make_gateway()

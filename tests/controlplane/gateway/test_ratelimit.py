@@ -6,8 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from controlplane.errors import ResourceExhausted
-from controlplane.gateway.ratelimit import RateLimited, RateLimiter, TenantLimits, seconds_to_next_month
+from llmctl.controlplane.errors import ResourceExhausted
+from llmctl.controlplane.gateway.ratelimit import (
+    RateLimited,
+    RateLimiter,
+    TenantLimits,
+    seconds_to_next_month,
+)
 
 
 class Clock:

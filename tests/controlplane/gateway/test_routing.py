@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.errors import InvalidArgument, NotFound, Unavailable
-from controlplane.gateway.routes import Endpoint, RouteTable
-from controlplane.gateway.routing import HashRing, Router, prompt_key
+from llmctl.controlplane.errors import InvalidArgument, NotFound, Unavailable
+from llmctl.controlplane.gateway.routes import Endpoint, RouteTable
+from llmctl.controlplane.gateway.routing import HashRing, Router, prompt_key
 
 SYSTEM = "You are a meticulous assistant for the llmctl project. " * 8  # longer than the affinity prefix
 

@@ -6,9 +6,15 @@ import json
 
 import pytest
 
-from controlplane.errors import InvalidArgument, Unauthenticated
-from controlplane.gateway.ratelimit import RateLimited
-from controlplane.gateway.wire import UsageFilter, error_response, estimate_tokens, parse_body, upstream_body
+from llmctl.controlplane.errors import InvalidArgument, Unauthenticated
+from llmctl.controlplane.gateway.ratelimit import RateLimited
+from llmctl.controlplane.gateway.wire import (
+    UsageFilter,
+    error_response,
+    estimate_tokens,
+    parse_body,
+    upstream_body,
+)
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
 

@@ -1,0 +1,134 @@
+"""OpenAI wire format for the server: request bodies (strict pydantic), error bodies, response pieces."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from llmctl.agent.engine.sequence import RequestOutput, TokenLogprob
+
+
+# ---- request bodies. strict: a wrong JSON type is a 400, never silently coerced ("5" is not 5).
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class SamplingRequest(_Body):
+    # Optional throughout: many clients send an explicit null for "use the default".
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool | None = None
+    n: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    logprobs: int | None = None
+
+
+class ContentPart(_Body):
+    model_config = ConfigDict(strict=True, extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Body):
+    model_config = ConfigDict(strict=True, extra="allow")
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+class ApiError(Exception):
+    """An error that becomes an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> Response:
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "server_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One readable line naming the offending field, and the field, from pydantic's error list."""
+    errors = exc.errors()
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        detail = first.get("ctx", {}).get("error", "")
+        return f"Malformed JSON body: {detail} (at position {first['loc'][-1]})", None
+    # Union members add their type name to loc ("prompt", "list[int]", 0); keep only the field path.
+    path = [str(p) for p in first["loc"][1:] if isinstance(p, int) or p in FIELD_NAMES]
+    field = ".".join(path) or "body"
+    same = [e["msg"] for e in errors if [str(p) for p in e["loc"][1:2]] == path[:1]]
+    msgs = " or ".join(dict.fromkeys(same)) if len(same) > 1 else first["msg"]
+    return f"Invalid value for '{field}': {msgs}", (path[0] if path else None)
+
+
+FIELD_NAMES = {
+    name
+    for model in (CompletionRequest, ChatCompletionRequest, ChatMessage, ContentPart, StreamOptions)
+    for name in model.model_fields
+}
+
+
+# ---- response pieces
+def completion_logprobs(lps: list[TokenLogprob], text_offset: int) -> dict[str, Any]:
+    """The legacy completions logprobs object; top alternatives include the sampled token, like vLLM."""
+    offsets = []
+    for lp in lps:
+        offsets.append(text_offset)
+        text_offset += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in lps],
+        "token_logprobs": [lp.logprob for lp in lps],
+        # Keyed by text, so tokens that decode alike collapse; the sampled token's own value wins.
+        "top_logprobs": [{t: v for _, t, v in lp.top} | {lp.token: lp.logprob} for lp in lps],
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(lps: list[TokenLogprob], top_n: int) -> dict[str, Any]:
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    content = [entry(lp.token, lp.logprob) | {"top_logprobs": [entry(t, v) for _, t, v in lp.top[:top_n]]}
+               for lp in lps]
+    return {"content": content, "refusal": None}
+
+
+def usage(out: RequestOutput) -> dict[str, Any]:
+    prompt, completion = len(out.prompt_token_ids), len(out.output.token_ids)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens}}
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"

@@ -1,0 +1,344 @@
+"""OpenAI-compatible HTTP API over one AsyncEngine (`llmctl serve`).
+
+Routes: /v1/models, /v1/completions, /v1/chat/completions (both with SSE streaming), /health, /metrics.
+Response shapes follow OpenAI's so the official clients parse them. Bad input gets a 400/404 with an
+OpenAI-style error body before any token is produced; a client that goes away aborts its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmctl.agent.engine.errors import EngineError, InvalidRequest
+from llmctl.agent.engine.sampling import SamplingParams
+from llmctl.agent.metrics import ServerMetrics
+from llmctl.agent.openai_protocol import (
+    FIELD_NAMES,
+    ApiError,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    SamplingRequest,
+    chat_logprobs,
+    completion_logprobs,
+    error_response,
+    sse,
+    usage,
+    validation_message,
+)
+
+if TYPE_CHECKING:
+    from llmctl.agent.engine.async_engine import AsyncEngine
+    from llmctl.agent.engine.config import EngineConfig
+    from llmctl.agent.engine.sequence import RequestOutput, TokenLogprob
+
+logger = logging.getLogger("llmctl.server")
+T = TypeVar("T")
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16
+"""OpenAI's and vLLM's default for /v1/completions. Chat defaults to the rest of the context, as vLLM does."""
+DISCONNECT_POLL_S = 0.1
+"""How often a request that has sent nothing yet checks whether its client is still there."""
+
+
+class _Job:
+    """One accepted request: its id, prompt, sampling and how to render its choices."""
+
+    def __init__(self, kind: str, body: SamplingRequest, model: str, prompt_ids: list[int],
+                 params: SamplingParams, top_logprobs: int):
+        self.chat = kind == "chat"
+        self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.object = "chat.completion" if self.chat else "text_completion"
+        self.created, self.model = int(time.time()), model
+        self.prompt_ids, self.params, self.top_logprobs = prompt_ids, params, top_logprobs
+        self.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        self.text_offset = 0
+
+    def envelope(self, choices: list[dict[str, Any]], chunk: bool, **extra: Any) -> dict[str, Any]:
+        obj = self.object + (".chunk" if chunk and self.chat else "")
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": choices, **extra}
+
+    def logprobs(self, lps: list[TokenLogprob] | None) -> dict[str, Any] | None:
+        if self.params.logprobs is None or lps is None:
+            return None
+        if self.chat:
+            return chat_logprobs(lps, self.top_logprobs)
+        block = completion_logprobs(lps, self.text_offset)
+        self.text_offset += sum(len(lp.token) for lp in lps)
+        return block
+
+    def choice(self, text: str, lps: list[TokenLogprob] | None, finish: str | None, delta: bool) -> dict:
+        if not self.chat:
+            return {"index": 0, "text": text, "logprobs": self.logprobs(lps), "finish_reason": finish}
+        body = {"content": text} if delta else {"role": "assistant", "content": text}
+        return {"index": 0, ("delta" if delta else "message"): body, "logprobs": self.logprobs(lps),
+                "finish_reason": finish}
+
+
+class EventStream(StreamingResponse):
+    """Closes its generator when the response ends: on disconnect Starlette stops iterating but leaves a
+    generator paused at a `yield` open until GC, and closing it is what aborts the request."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+class _Api:
+    """Request handling around one engine; the route functions in build_app are thin wrappers."""
+
+    def __init__(self, engine: AsyncEngine, model: str) -> None:
+        self.engine, self.model = engine, model
+        self.info = engine.engine.info
+        self.metrics = ServerMetrics(engine.stats, model)
+        self.created = int(time.time())
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model:
+            raise ApiError(404, f"The model '{name}' does not exist; this server serves '{self.model}'.",
+                           "model", "model_not_found")
+
+    def prompt_ids(self, prompt: str | list[int] | list[str] | list[list[int]]) -> list[int]:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise ApiError(400, f"Batched prompts are not supported: got {len(prompt)} prompts, send one "
+                               "per request.", "prompt")
+            prompt = prompt[0]
+        # The engine's own tokenizing, so the length checked here is the length it will see.
+        return self.engine.engine.tokenize(prompt)
+
+    def job(self, kind: str, body: SamplingRequest, prompt_ids: list[int], max_tokens: int | None,
+            logprobs: int | None, top_logprobs: int = 0) -> _Job:
+        if body.n not in (None, 1):
+            raise ApiError(400, f"Only n=1 is supported, got n={body.n}.", "n")
+        limit, used = self.info.max_model_len, len(prompt_ids)
+        if max_tokens is None:
+            max_tokens = COMPLETION_DEFAULT_MAX_TOKENS if kind == "completion" else max(limit - used, 1)
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if "" in stop:
+            raise ApiError(400, "Stop strings must not be empty.", "stop")
+        params = SamplingParams(
+            max_tokens=max_tokens, seed=body.seed, stop=stop, stop_token_ids=list(body.stop_token_ids or []),
+            ignore_eos=bool(body.ignore_eos), logprobs=logprobs,
+            **{k: v for k in ("temperature", "top_p", "top_k", "min_p") if (v := getattr(body, k)) is not None},
+        )
+        if used + max_tokens > limit:
+            raise ApiError(
+                400, f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{used + max_tokens} tokens ({used} in the prompt, {max_tokens} for the completion). "
+                "Please reduce the length of the prompt or max_tokens.", "max_tokens", "context_length_exceeded",
+            )
+        return _Job(kind, body, self.model, prompt_ids, params, top_logprobs)
+
+    async def unless_gone(self, request: Request, step: Awaitable[T]) -> T | None:
+        """Await step, or abort the request and return None once the client has disconnected."""
+        task = asyncio.ensure_future(step)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                if not task.done() and await request.is_disconnected():
+                    task.cancel()  # raises inside the engine's generator, which aborts the request
+                    await asyncio.wait({task}, timeout=1.0)
+                    return None
+            return task.result()
+        except BaseException:
+            task.cancel()
+            raise
+
+    def finished(self, job: _Job, last: RequestOutput | None, failed: bool = False) -> None:
+        """Account for the end of a request; aborts it in the engine if it did not finish on its own.
+
+        failed: the engine refused or broke the request, so it is no client's abort.
+        """
+        if last is not None and last.finished:
+            out = last.output
+            self.metrics.observe_finished(out.finish_reason or "stop", len(out.token_ids), last.arrival_time,
+                                          last.first_token_time, last.finish_time or time.monotonic())
+            return
+        self.engine.abort(job.id)
+        if not failed:
+            self.metrics.count_aborted()
+
+    async def complete(self, request: Request, job: _Job) -> Response:
+        async def drain() -> tuple[RequestOutput, list[TokenLogprob]]:
+            last, lps = None, []
+            async for last in self.engine.generate(job.id, job.prompt_ids, job.params):
+                lps.extend(last.output.logprobs or [])
+            if last is None or not last.finished:
+                raise EngineError(f"request {job.id} ended without a final output")
+            return last, lps
+
+        try:
+            result = await self.unless_gone(request, drain())
+        except BaseException as exc:
+            self.finished(job, None, failed=isinstance(exc, EngineError))
+            raise
+        self.finished(job, result[0] if result else None)
+        if result is None:
+            return Response(status_code=499)  # nobody is listening; never sent
+        last, lps = result
+        choice = job.choice(last.output.text, lps, last.output.finish_reason, delta=False)
+        return JSONResponse(job.envelope([choice], chunk=False, usage=usage(last)))
+
+    async def stream(self, request: Request, job: _Job) -> Response:
+        outputs = aiter(self.engine.generate(job.id, job.prompt_ids, job.params))
+        # Wait for the first output before answering, so errors the engine raises on admission still
+        # become a proper 400 instead of an event inside a 200 stream.
+        try:
+            first = await self.unless_gone(request, anext(outputs))
+        except BaseException as exc:
+            self.finished(job, None, failed=isinstance(exc, EngineError))
+            raise
+        if first is None:
+            self.finished(job, None)
+            return Response(status_code=499)
+        return EventStream(self.events(job, first, outputs), media_type="text/event-stream")
+
+    async def events(self, job: _Job, first: RequestOutput, outputs: AsyncIterator[RequestOutput]):
+        # When the client disconnects, Starlette cancels this generator at an await; `finally` then aborts.
+        last, failed = first, False
+        extra = {"usage": None} if job.include_usage else {}
+        try:
+            if job.chat:
+                role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                        "finish_reason": None}
+                yield sse(job.envelope([role], chunk=True, **extra))
+            out: RequestOutput | None = first
+            while out is not None:
+                last, delta = out, out.output
+                if delta.delta_text or delta.finish_reason or delta.logprobs:
+                    choice = job.choice(delta.delta_text, delta.logprobs, delta.finish_reason, delta=True)
+                    yield sse(job.envelope([choice], chunk=True, **extra))
+                out = await anext(outputs, None)  # None once the engine's stream has ended
+            if not last.finished:
+                raise EngineError(f"request {job.id} ended without a final output")
+            if job.include_usage:
+                yield sse(job.envelope([], chunk=True, usage=usage(last)))
+        except EngineError as exc:
+            failed = True
+            logger.warning("request %s failed mid-stream: %s", job.id, exc)
+            yield sse({"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
+        finally:
+            self.finished(job, last, failed=failed)
+        yield sse("[DONE]")
+
+
+def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
+    """The FastAPI app serving async_engine; its lifespan starts and stops the engine loop."""
+    api = _Api(async_engine, served_model_name)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await async_engine.start()
+        try:
+            yield
+        finally:
+            await async_engine.stop()
+
+    app = FastAPI(title="llmctl", lifespan=lifespan)
+    app.state.api = api
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        message, param = validation_message(exc)
+        return error_response(400, message, param)
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ApiError):
+            return error_response(exc.status, exc.message, exc.param, exc.code)
+        if isinstance(exc, InvalidRequest):
+            # SamplingParams' messages start with the field name ("top_p must be in (0, 1], got 2").
+            word = str(exc).split(" ", 1)[0]
+            return error_response(400, str(exc), word if word in FIELD_NAMES else None)
+        logger.error("engine error: %s", exc)
+        return error_response(500, str(exc))
+
+    app.add_exception_handler(ApiError, on_error)
+    app.add_exception_handler(EngineError, on_error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not async_engine.is_running:
+            return error_response(503, f"The engine loop is not running ({async_engine.error or 'stopped'}).")
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(api.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def model_card() -> dict[str, Any]:
+        return {"id": api.model, "object": "model", "created": api.created, "owned_by": "llmctl",
+                "max_model_len": api.info.max_model_len}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str) -> dict[str, Any]:
+        api.check_model(name)
+        return model_card()
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        api.check_model(body.model)
+        job = api.job("completion", body, api.prompt_ids(body.prompt), body.max_tokens, body.logprobs)
+        return await (api.stream if body.stream else api.complete)(request, job)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        api.check_model(body.model)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise ApiError(400, "top_logprobs requires logprobs to be true.", "top_logprobs")
+        messages = [chat_message(m) for m in body.messages]
+        prompt_ids = async_engine.engine.chat_prompt_ids(messages)
+        top = body.top_logprobs or 0
+        job = api.job("chat", body, prompt_ids, body.max_completion_tokens or body.max_tokens,
+                      top if body.logprobs else None, top)
+        return await (api.stream if body.stream else api.complete)(request, job)
+
+    return app
+
+
+def chat_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as the chat template wants it: text content parts joined into one string."""
+    content = message.content
+    if isinstance(content, list):
+        if any(part.type != "text" for part in content):
+            raise ApiError(400, "Only text content parts are supported.", "messages")
+        content = "".join(part.text or "" for part in content)
+    return (message.model_extra or {}) | {"role": message.role, "content": content or ""}
+
+
+def run_server(config: EngineConfig, host: str, port: int, graceful_shutdown_s: float = 30.0) -> None:
+    """Load the engine, serve it until SIGINT/SIGTERM, then stop the engine loop."""
+    import uvicorn
+
+    from llmctl.agent.engine.async_engine import AsyncEngine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = config.served_model_name or config.model
+    engine = AsyncEngine.from_config(config)
+    app = build_app(engine, name)
+    logger.info("serving %r with an OpenAI-compatible API at http://%s:%d/v1", name, host, port)
+    # The grace period bounds how long open streams may delay shutdown; then they are cancelled (aborted).
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_shutdown_s)

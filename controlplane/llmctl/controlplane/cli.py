@@ -1,0 +1,42 @@
+"""The root `llmctl` command. Engine-side commands come from agent.cli; imports stay lazy, so a GPU box
+running only `llmctl serve` never imports grpc or sqlalchemy."""
+
+from __future__ import annotations
+
+import typer
+
+from llmctl.agent.cli import register_engine_commands
+from llmctl.controlplane.commands import dashboard, deployments, fleet, processes, tenants
+from llmctl.controlplane.db.cli import db_app
+
+HELP = """llmctl: serve, measure and optimize self-hosted LLM inference.
+
+Exit codes: 0 done; 2 the request was wrong (invalid flags, unknown deployment, conflict, bad admin
+token); 1 the system could not do it (control plane unreachable, no healthy node, rollout failed).
+Operator commands find the control plane with --control-plane (default: $LLMCTL_HOME/up.json, else
+127.0.0.1:50051) and authenticate with --admin-token (default: $LLMCTL_ADMIN_TOKEN, else
+$LLMCTL_HOME/admin_token, else up.json).
+"""
+
+app = typer.Typer(
+    name="llmctl",
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+register_engine_commands(app)
+processes.register(app)
+deployments.register(app)
+fleet.register(app)
+tenants.register(app)
+dashboard.register(app)
+app.add_typer(db_app, name="db")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""AdminClient: the AdminService over gRPC, as `llmctl` (and scripts, tests, the dashboard) call it.
+
+Every call carries `authorization: Bearer <admin token>`. A failed call raises the controlplane.errors class
+the server raised, with the server's message; a control plane that cannot be reached raises Unavailable
+saying so, with the address, so the operator knows which end to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from llmctl.controlplane.errors import (
+    AlreadyExists,
+    Conflict,
+    ControlPlaneError,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
+
+DEFAULT_TIMEOUT_S = 15.0
+_ERRORS: dict[grpc.StatusCode, type[ControlPlaneError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.ABORTED: Conflict,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: Forbidden,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+}
+# What gRPC's transport (not our server) says when it could not reach or lost the peer.
+_TRANSPORT_HINTS = (
+    "failed to connect",
+    "connection refused",
+    "connect failed",
+    "socket closed",
+    "connection reset",
+    "dns resolution",
+    "name resolution",
+    "no address",
+    "unreachable",
+    "backends failing",
+    "broken pipe",
+    "end of tcp stream",
+    "goaway",
+    "timed out",
+    "timeout",
+)
+
+
+class AdminClient:
+    """One channel to a control plane's AdminService; use as a context manager or call close()."""
+
+    def __init__(
+        self, address: str, admin_token: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, own_connection: bool = False
+    ):
+        """own_connection: do not share a TCP connection with other channels to the same address in this
+        process (gRPC shares them by default), so a reconnecting client does not inherit another channel's
+        reconnect backoff; long-lived watchers like the dashboard want this."""
+        self.address = address
+        self.timeout_s = timeout_s
+        self._metadata = (("authorization", f"Bearer {admin_token}"),)
+        options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+        self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = pb_grpc.AdminServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Deployments
+
+    def list_deployments(self) -> list[pb.Deployment]:
+        return list(self._call("ListDeployments", pb.ListDeploymentsRequest()).deployments)
+
+    def get_deployment(self, name: str) -> pb.Deployment:
+        return self._call("GetDeployment", pb.GetDeploymentRequest(name=name))
+
+    def deploy(
+        self, name: str, model: str, engine_config: dict[str, Any] | None = None, replicas: int | None = None
+    ) -> pb.DeployResponse:
+        """Create the deployment or a new revision of it; engine_config holds EngineConfig fields."""
+        request = pb.DeployRequest(name=name, model=model, engine_config_json=json.dumps(engine_config or {}))
+        if replicas is not None:
+            request.replicas = replicas
+        return self._call("Deploy", request)
+
+    def rollback(self, name: str, to_revision: int | None = None) -> pb.Deployment:
+        request = pb.RollbackRequest(name=name)
+        if to_revision is not None:
+            request.to_revision = to_revision
+        return self._call("Rollback", request)
+
+    def list_revisions(self, name: str) -> list[pb.Revision]:
+        """Oldest first."""
+        return list(self._call("ListRevisions", pb.ListRevisionsRequest(name=name)).revisions)
+
+    def scale(self, name: str, replicas: int) -> pb.Deployment:
+        return self._call("Scale", pb.ScaleRequest(name=name, replicas=replicas))
+
+    def delete_deployment(self, name: str) -> None:
+        self._call("DeleteDeployment", pb.DeleteDeploymentRequest(name=name))
+
+    # Nodes
+
+    def list_nodes(self) -> list[pb.Node]:
+        return list(self._call("ListNodes", pb.ListNodesRequest()).nodes)
+
+    def drain_node(self, name: str) -> pb.Node:
+        return self._call("DrainNode", pb.DrainNodeRequest(name=name))
+
+    def undrain_node(self, name: str) -> pb.Node:
+        return self._call("UndrainNode", pb.UndrainNodeRequest(name=name))
+
+    # Events
+
+    def list_events(
+        self, *, after_id: int = 0, deployment: str | None = None, limit: int = 0, newest: bool = False
+    ) -> list[pb.Event]:
+        """Events with id > after_id, oldest first; limit 0 is the server's default page size.
+        newest: the last `limit` events rather than the first."""
+        request = pb.ListEventsRequest(after_id=after_id, deployment=deployment or "", limit=limit, newest=newest)
+        return list(self._call("ListEvents", request).events)
+
+    def last_event_id(self, deployment: str | None = None) -> int:
+        """The newest event's id (0 when there is none), to watch only what happens from now on."""
+        last = self.list_events(deployment=deployment, limit=1, newest=True)
+        return last[-1].id if last else 0
+
+    def watch_events(self, *, after_id: int = 0, deployment: str | None = None) -> EventWatch:
+        """Events after after_id, then new ones as they happen; iterate it, cancel() or close() to stop."""
+        request = pb.WatchEventsRequest(after_id=after_id, deployment=deployment or "")
+        return EventWatch(self, self._stub.WatchEvents(request, metadata=self._metadata))
+
+    # Tenants and usage
+
+    def create_tenant(
+        self, name: str, *, rpm: int = 0, tpm: int = 0, monthly_tokens: int = 0
+    ) -> tuple[pb.Tenant, str]:
+        """The new tenant and its API key; the key is shown this once (only its hash is stored)."""
+        request = pb.CreateTenantRequest(name=name, rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens)
+        response = self._call("CreateTenant", request)
+        return response.tenant, response.api_key
+
+    def list_tenants(self) -> list[pb.Tenant]:
+        return list(self._call("ListTenants", pb.ListTenantsRequest()).tenants)
+
+    def get_usage(self, tenant: str, *, since: float | None = None) -> list[pb.UsageRow]:
+        """Per-deployment usage since `since` (unix seconds; default: the start of this month)."""
+        request = pb.GetUsageRequest(tenant=tenant)
+        if since is not None:
+            request.since = since
+        return list(self._call("GetUsage", request).rows)
+
+    # Plumbing
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(request, metadata=self._metadata, timeout=self.timeout_s)
+        except grpc.RpcError as e:
+            raise self.error(e) from None
+
+    def error(self, rpc_error: grpc.RpcError) -> ControlPlaneError:
+        """The controlplane.errors exception a failed call stands for."""
+        code = rpc_error.code() if callable(getattr(rpc_error, "code", None)) else None
+        details = (rpc_error.details() if callable(getattr(rpc_error, "details", None)) else None) or ""
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Unavailable(
+                f"control plane at {self.address} is unreachable: no answer within {self.timeout_s:g} s"
+            )
+        if code == grpc.StatusCode.UNAVAILABLE and (
+            not details or any(hint in details.lower() for hint in _TRANSPORT_HINTS)
+        ):
+            reason = _first_line(details).rsplit(": ", 1)[-1] or "no connection"
+            return Unavailable(
+                f"control plane at {self.address} is unreachable ({reason}); "
+                "is `llmctl server` running there?"
+            )
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return Unavailable(details)  # the server answered, e.g. that its database is down
+        if code in _ERRORS:
+            return _ERRORS[code](details or code.name.lower())
+        name = code.name if code is not None else "UNKNOWN"
+        return ControlPlaneError(f"control plane error ({name}): {details or 'no details'}")
+
+
+class EventWatch:
+    """An open WatchEvents stream: iterate for events; cancel() (from any thread) ends the iteration."""
+
+    def __init__(self, client: AdminClient, call: Any):
+        self._client, self._call = client, call
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[pb.Event]:
+        try:
+            yield from self._call
+        except grpc.RpcError as e:
+            if self._cancelled.is_set() or e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise self._client.error(e) from None
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._call.cancel()
+
+    close = cancel
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""

@@ -1,0 +1,97 @@
+"""Every periodic job of the control plane, registered here so the whole schedule reads at a glance.
+
+Jobs run one at a time on one thread, so no two passes ever race each other over the same rows. Each
+runs every `every_s`, or sooner when woken (an agent reported a change, an operator deployed).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llmctl.controlplane.errors import ControlPlaneError
+from llmctl.controlplane.reconciler import Reconciler
+
+logger = logging.getLogger("llmctl.controlplane.jobs")
+
+RECONCILE = "reconcile"
+STALE_NODES = "stale-nodes"
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    every_s: float
+    run: Callable[[], None]
+
+
+def control_plane_jobs(reconciler: Reconciler, *, reconcile_interval_s: float,
+                       node_timeout_s: float) -> list[Job]:
+    """The schedule. The stale-node check runs often enough that a dead node is noticed within about a
+    fifth of node_timeout_s after its deadline passes."""
+    return [
+        Job(STALE_NODES, every_s=max(0.2, min(1.0, node_timeout_s / 5)), run=reconciler.check_stale_nodes),
+        Job(RECONCILE, every_s=reconcile_interval_s, run=reconciler.reconcile),
+    ]
+
+
+class JobRunner:
+    def __init__(self, jobs: list[Job]) -> None:
+        names = [job.name for job in jobs]
+        assert len(set(names)) == len(names), f"job names must be unique: {names}"
+        self._jobs = jobs
+        self._woken: set[str] = set()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_error: dict[str, str] = {}
+
+    def start(self) -> None:
+        assert self._thread is None, "the job runner is already running"
+        self._thread = threading.Thread(target=self._loop, name="llmctl-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self, name: str) -> None:
+        """Run job `name` as soon as the one running now (if any) finishes; wakes coalesce."""
+        with self._lock:
+            self._woken.add(name)
+        self._wakeup.set()
+
+    def _loop(self) -> None:
+        due = {job.name: time.monotonic() for job in self._jobs}
+        while not self._stopping.is_set():
+            with self._lock:
+                woken, self._woken = self._woken, set()
+                self._wakeup.clear()
+            for job in self._jobs:
+                if self._stopping.is_set():
+                    return
+                if job.name in woken or time.monotonic() >= due[job.name]:
+                    self._run(job)
+                    due[job.name] = time.monotonic() + job.every_s
+            self._wakeup.wait(max(0.0, min(due.values()) - time.monotonic()))
+
+    def _run(self, job: Job) -> None:
+        try:
+            job.run()
+        except ControlPlaneError as e:
+            # Usually the database being away: say so once per distinct problem, then keep trying.
+            if self._last_error.get(job.name) != e.message:
+                logger.warning("job %s failed: %s (retrying every %gs)", job.name, e.message, job.every_s)
+            self._last_error[job.name] = e.message
+            return
+        except Exception:
+            logger.exception("job %s failed", job.name)
+            return
+        if self._last_error.pop(job.name, None) is not None:
+            logger.info("job %s works again", job.name)

@@ -1,0 +1,191 @@
+"""AdminService: what llmctl and the dashboard call. Each rpc unpacks, runs one service function in one
+transaction, converts; changes wake the reconciler so they take effect at once, not at its next tick."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import grpc
+from sqlalchemy.orm import Session, sessionmaker
+
+from llmctl.controlplane.db.models import Deployment, utcnow
+from llmctl.controlplane.db.session import session_scope
+from llmctl.controlplane.errors import InvalidArgument
+from llmctl.controlplane.fleet import Fleet
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
+from llmctl.controlplane.reconciler import live_replicas
+from llmctl.controlplane.rpc import convert
+from llmctl.controlplane.services import check_count
+from llmctl.controlplane.services import deployments as deployments_service
+from llmctl.controlplane.services import events as events_service
+from llmctl.controlplane.services import nodes as nodes_service
+from llmctl.controlplane.services import tenants as tenants_service
+
+ACTOR = "admin"
+DEFAULT_EVENT_LIMIT = 200
+WATCH_POLL_S = 0.25
+"""How often WatchEvents looks for new events; an event reaches watchers within about this long."""
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    def __init__(self, db: sessionmaker[Session], fleet: Fleet, *, on_change: Callable[[], None],
+                 stopping: threading.Event) -> None:
+        self._db, self._fleet = db, fleet
+        self._on_change = on_change
+        self._stopping = stopping
+
+    # -- deployments ------------------------------------------------------------------------------------
+    def ListDeployments(self, request: pb.ListDeploymentsRequest,
+                        context: grpc.ServicerContext) -> pb.ListDeploymentsResponse:
+        with session_scope(self._db) as session:
+            replicas: dict[int, list] = {}
+            for replica in live_replicas(session):
+                replicas.setdefault(replica.deployment_id, []).append(replica)
+            return pb.ListDeploymentsResponse(deployments=[
+                convert.deployment_to_proto(d, replicas.get(d.id, []), self._fleet)
+                for d in deployments_service.list_deployments(session)
+            ])
+
+    def GetDeployment(self, request: pb.GetDeploymentRequest, context: grpc.ServicerContext) -> pb.Deployment:
+        with session_scope(self._db) as session:
+            return self._deployment(session, deployments_service.get_deployment(session, request.name))
+
+    def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.DeployResponse:
+        config = convert.engine_config_from_json(request.engine_config_json)
+        with session_scope(self._db) as session:
+            deployment, revision, created = deployments_service.deploy(
+                session, name=request.name, model=request.model, engine_config=config,
+                replicas=request.replicas if request.HasField("replicas") else None, actor=ACTOR,
+            )
+            response = pb.DeployResponse(deployment=self._deployment(session, deployment),
+                                         revision=revision.number, created_revision=created)
+        self._on_change()
+        return response
+
+    def Rollback(self, request: pb.RollbackRequest, context: grpc.ServicerContext) -> pb.Deployment:
+        with session_scope(self._db) as session:
+            deployments_service.rollback(
+                session, name=request.name, actor=ACTOR,
+                to_revision=request.to_revision if request.HasField("to_revision") else None,
+            )
+            response = self._deployment(session, deployments_service.get_deployment(session, request.name))
+        self._on_change()
+        return response
+
+    def ListRevisions(self, request: pb.ListRevisionsRequest,
+                      context: grpc.ServicerContext) -> pb.ListRevisionsResponse:
+        with session_scope(self._db) as session:
+            current = deployments_service.get_deployment(session, request.name).current_revision_id
+            return pb.ListRevisionsResponse(revisions=[
+                convert.revision_to_proto(r, current)
+                for r in deployments_service.list_revisions(session, request.name)
+            ])
+
+    def Scale(self, request: pb.ScaleRequest, context: grpc.ServicerContext) -> pb.Deployment:
+        with session_scope(self._db) as session:
+            deployment = deployments_service.scale(session, name=request.name, replicas=request.replicas,
+                                                   actor=ACTOR)
+            response = self._deployment(session, deployment)
+        self._on_change()
+        return response
+
+    def DeleteDeployment(self, request: pb.DeleteDeploymentRequest,
+                         context: grpc.ServicerContext) -> pb.DeleteDeploymentResponse:
+        # The replica rows go with the deployment; the reconciler then finds the agents running replicas
+        # nobody wants, takes them out of the gateway and stops them.
+        with session_scope(self._db) as session:
+            deployments_service.delete_deployment(session, name=request.name, actor=ACTOR)
+        self._on_change()
+        return pb.DeleteDeploymentResponse()
+
+    def _deployment(self, session: Session, deployment: Deployment) -> pb.Deployment:
+        return convert.deployment_to_proto(deployment, live_replicas(session, deployment.id), self._fleet)
+
+    # -- nodes --------------------------------------------------------------------------------------------
+    def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> pb.ListNodesResponse:
+        with session_scope(self._db) as session:
+            counts = Counter(r.node_id for r in live_replicas(session))
+            return pb.ListNodesResponse(nodes=[
+                convert.node_to_proto(n, counts[n.id], self._fleet.node_telemetry(n.name))
+                for n in nodes_service.list_nodes(session)
+            ])
+
+    def DrainNode(self, request: pb.DrainNodeRequest, context: grpc.ServicerContext) -> pb.Node:
+        # The node takes no new replicas from now; the reconciler moves its replicas elsewhere and stops
+        # each one only once its replacement is ready.
+        with session_scope(self._db) as session:
+            node = nodes_service.set_node_state(session, name=request.name, state="draining", actor=ACTOR)
+            count = sum(1 for r in live_replicas(session) if r.node_id == node.id)
+            response = convert.node_to_proto(node, count, self._fleet.node_telemetry(node.name))
+        self._on_change()
+        return response
+
+    def UndrainNode(self, request: pb.UndrainNodeRequest, context: grpc.ServicerContext) -> pb.Node:
+        with session_scope(self._db) as session:
+            node = nodes_service.get_node(session, request.name)
+            if node.state.value != "draining":
+                raise InvalidArgument(f"node {request.name!r} is {node.state.value}, not draining")
+            node = nodes_service.set_node_state(session, name=request.name, state="healthy", actor=ACTOR)
+            count = sum(1 for r in live_replicas(session) if r.node_id == node.id)
+            response = convert.node_to_proto(node, count, self._fleet.node_telemetry(node.name))
+        self._on_change()
+        return response
+
+    # -- events -------------------------------------------------------------------------------------------
+    def ListEvents(self, request: pb.ListEventsRequest,
+                   context: grpc.ServicerContext) -> pb.ListEventsResponse:
+        limit = check_count("limit", request.limit, 0, events_service.MAX_LIMIT) or DEFAULT_EVENT_LIMIT
+        with session_scope(self._db) as session:
+            events = events_service.list_events(session, after_id=request.after_id,
+                                                deployment_name=request.deployment or None, limit=limit,
+                                                newest=request.newest)
+            return pb.ListEventsResponse(events=[convert.event_to_proto(e) for e in events])
+
+    def WatchEvents(self, request: pb.WatchEventsRequest,
+                    context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        after = check_count("after_id", request.after_id, 0)
+        ended = threading.Event()
+        context.add_callback(ended.set)
+        while context.is_active() and not self._stopping.is_set():
+            with session_scope(self._db) as session:
+                events = events_service.list_events(session, after_id=after, limit=events_service.MAX_LIMIT,
+                                                    deployment_name=request.deployment or None)
+                messages = [convert.event_to_proto(e) for e in events]
+            for message in messages:
+                yield message
+                after = message.id
+            if len(messages) < events_service.MAX_LIMIT:
+                ended.wait(WATCH_POLL_S)
+
+    # -- tenants ------------------------------------------------------------------------------------------
+    def CreateTenant(self, request: pb.CreateTenantRequest,
+                     context: grpc.ServicerContext) -> pb.CreateTenantResponse:
+        with session_scope(self._db) as session:
+            tenant, key = tenants_service.create_tenant(
+                session, name=request.name, rpm=request.rpm, tpm=request.tpm,
+                monthly_tokens=request.monthly_tokens)
+            return pb.CreateTenantResponse(tenant=convert.tenant_to_proto(tenant), api_key=key)
+
+    def ListTenants(self, request: pb.ListTenantsRequest,
+                    context: grpc.ServicerContext) -> pb.ListTenantsResponse:
+        with session_scope(self._db) as session:
+            return pb.ListTenantsResponse(
+                tenants=[convert.tenant_to_proto(t) for t in tenants_service.list_tenants(session)])
+
+    def GetUsage(self, request: pb.GetUsageRequest, context: grpc.ServicerContext) -> pb.GetUsageResponse:
+        since = _since(request) if request.HasField("since") else tenants_service.month_start(utcnow())
+        with session_scope(self._db) as session:
+            tenant = tenants_service.get_tenant(session, request.tenant)
+            rows = tenants_service.usage_summary(session, tenant_id=tenant.id, since=since)
+        return pb.GetUsageResponse(rows=[convert.usage_row_to_proto(row) for row in rows])
+
+
+def _since(request: pb.GetUsageRequest) -> datetime:
+    try:
+        return datetime.fromtimestamp(request.since, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise InvalidArgument(f"since must be a time in unix seconds, got {request.since!r}") from None

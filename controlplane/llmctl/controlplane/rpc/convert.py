@@ -1,0 +1,210 @@
+"""Proto <-> domain, in one place: SQL rows and in-memory telemetry to wire messages and back."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from llmctl.controlplane.db.models import Deployment, Event, Node, Replica, ReplicaState, Revision, Tenant
+from llmctl.controlplane.errors import InvalidArgument
+from llmctl.controlplane.fleet import Fleet, NodeTelemetry
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+
+_STATE_TO_PROTO = {
+    ReplicaState.PENDING: pb.REPLICA_STATE_PENDING,
+    ReplicaState.STARTING: pb.REPLICA_STATE_STARTING,
+    ReplicaState.READY: pb.REPLICA_STATE_READY,
+    ReplicaState.DRAINING: pb.REPLICA_STATE_DRAINING,
+    ReplicaState.STOPPED: pb.REPLICA_STATE_STOPPED,
+    ReplicaState.FAILED: pb.REPLICA_STATE_FAILED,
+}
+_STATE_FROM_PROTO = {value: state for state, value in _STATE_TO_PROTO.items()}
+
+
+def unix(at: datetime | None) -> float:
+    return at.timestamp() if at is not None else 0.0
+
+
+def state_to_proto(state: ReplicaState) -> int:
+    return _STATE_TO_PROTO[state]
+
+
+def state_from_proto(value: int) -> ReplicaState:
+    try:
+        return _STATE_FROM_PROTO[value]
+    except KeyError:
+        raise InvalidArgument(
+            f"replica state {pb.ReplicaState.Name(value) if value in pb.ReplicaState.values() else value} "
+            "is not a state a replica can be in; send PENDING, STARTING, READY, DRAINING, STOPPED or FAILED"
+        ) from None
+
+
+def engine_config_from_json(text: str) -> dict[str, Any]:
+    """A DeployRequest's engine_config_json; empty means defaults."""
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"engine_config_json is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument(
+            f"engine_config_json must be a JSON object of EngineConfig fields, got {type(data).__name__}"
+        )
+    return data
+
+
+def gpus_from_proto(gpus: Iterable[pb.GpuInfo]) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": gpu.index,
+            "uuid": gpu.uuid,
+            "name": gpu.name,
+            "memory_total_bytes": gpu.memory_total_bytes if gpu.HasField("memory_total_bytes") else None,
+        }
+        for gpu in gpus
+    ]
+
+
+def start_replica(replica: Replica) -> pb.StartReplica:
+    """The command that starts `replica`: its revision's model and config, served under the deployment's
+    name, which is the model name clients send to the gateway."""
+    revision = replica.revision
+    return pb.StartReplica(
+        replica_id=replica.id,
+        deployment=replica.deployment.name,
+        revision=revision.number,
+        model=revision.model,
+        engine_config_json=json.dumps(revision.engine_config, sort_keys=True),
+        served_model_name=replica.deployment.name,
+    )
+
+
+def replica_to_proto(replica: Replica) -> pb.Replica:
+    return pb.Replica(
+        id=replica.id,
+        node=replica.node.name if replica.node is not None else "",
+        state=state_to_proto(replica.state),
+        url=replica.url or "",
+        revision=replica.revision.number,
+        error=replica.error or "",
+        restarts=replica.restarts,
+    )
+
+
+def deployment_to_proto(deployment: Deployment, replicas: list[Replica], fleet: Fleet) -> pb.Deployment:
+    """`replicas`: the deployment's replicas that are not stopped (any revision)."""
+    current = deployment.current_revision
+    assert current is not None, f"deployment {deployment.name!r} has no current revision"
+    config = current.engine_config
+    ready = [r for r in replicas if r.state == ReplicaState.READY]
+    return pb.Deployment(
+        name=deployment.name,
+        model=deployment.model,
+        revision=current.number,
+        desired_replicas=deployment.desired_replicas,
+        ready_replicas=sum(1 for r in ready if r.revision_id == current.id),
+        engine_config_json=json.dumps(config, sort_keys=True),
+        weight_quantization=config.get("quantization") or "none",
+        kv_cache_dtype=config.get("kv_cache_dtype") or "auto",
+        replicas=[replica_to_proto(r) for r in replicas],
+        stats=deployment_stats([r.id for r in ready], fleet),
+        created_at=unix(deployment.created_at),
+        updated_at=unix(deployment.updated_at),
+    )
+
+
+def deployment_stats(ready_ids: list[int], fleet: Fleet) -> pb.DeploymentStats:
+    """Aggregates over the ready replicas' latest engine statistics; a figure no replica reports is unset.
+
+    Rates and queue depths add up across replicas; KV usage is a mean; latency percentiles are the worst
+    replica's (percentiles cannot be combined exactly, and the slowest replica is what some clients see)."""
+    samples = [t for t in (fleet.replica_telemetry(rid) for rid in ready_ids) if t is not None]
+    stats = pb.DeploymentStats()
+    rates = [t.requests_per_s for t in samples if t.requests_per_s is not None]
+    if rates:
+        stats.requests_per_s = sum(rates)
+    present = {name: [getattr(t.stats, name) for t in samples if t.stats.HasField(name)]
+               for name in ("ttft_p50_s", "ttft_p95_s", "tpot_p50_s", "tokens_per_s", "kv_cache_usage", "waiting")}
+    for latency in ("ttft_p50_s", "ttft_p95_s", "tpot_p50_s"):
+        if present[latency]:
+            setattr(stats, latency, max(present[latency]))
+    if present["tokens_per_s"]:
+        stats.tokens_per_s = sum(present["tokens_per_s"])
+    if present["kv_cache_usage"]:
+        stats.kv_cache_usage = statistics.fmean(present["kv_cache_usage"])
+    if present["waiting"]:
+        stats.queue_depth = float(sum(present["waiting"]))
+    return stats
+
+
+def revision_to_proto(revision: Revision, current_id: int | None) -> pb.Revision:
+    return pb.Revision(
+        number=revision.number,
+        model=revision.model,
+        engine_config_json=json.dumps(revision.engine_config, sort_keys=True),
+        created_at=unix(revision.created_at),
+        created_by=revision.created_by,
+        reason=revision.reason,
+        current=revision.id == current_id,
+    )
+
+
+def node_to_proto(node: Node, replica_count: int, telemetry: NodeTelemetry | None) -> pb.Node:
+    message = pb.Node(
+        name=node.name,
+        hostname=node.hostname,
+        state=node.state.value,
+        last_heartbeat_at=unix(node.last_heartbeat_at),
+        engine_version=node.engine_version,
+        max_replicas=node.max_replicas,
+        replica_count=replica_count,
+    )
+    if telemetry is not None:
+        message.gpus.extend(telemetry.sample.gpus)
+        if telemetry.sample.HasField("host"):
+            message.host.CopyFrom(telemetry.sample.host)
+        message.source = telemetry.sample.source
+    else:
+        # No sample yet: the GPUs as registered, without readings (unset, never a made-up 0).
+        for gpu in node.gpus:
+            sample = message.gpus.add(index=gpu["index"], uuid=gpu["uuid"], name=gpu["name"])
+            if gpu.get("memory_total_bytes") is not None:
+                sample.memory_total_bytes = gpu["memory_total_bytes"]
+    return message
+
+
+def event_to_proto(event: Event) -> pb.Event:
+    return pb.Event(
+        id=event.id,
+        at=unix(event.at),
+        kind=event.kind,
+        deployment=event.deployment_name or "",
+        node=event.node_name or "",
+        actor=event.actor,
+        message=event.message,
+        details_json=json.dumps(event.details or {}, sort_keys=True, default=str),
+    )
+
+
+def tenant_to_proto(tenant: Tenant) -> pb.Tenant:
+    return pb.Tenant(
+        name=tenant.name,
+        rpm=tenant.rpm,
+        tpm=tenant.tpm,
+        monthly_tokens=tenant.monthly_tokens,
+        created_at=unix(tenant.created_at),
+    )
+
+
+def usage_row_to_proto(row: dict[str, Any]) -> pb.UsageRow:
+    return pb.UsageRow(
+        deployment=row["deployment_name"],
+        requests=row["requests"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        cost_usd=row["cost_usd"],
+    )

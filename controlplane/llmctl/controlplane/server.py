@@ -1,0 +1,268 @@
+"""The control-plane server: gRPC (AgentService, AdminService), the gateway, and the periodic jobs.
+
+    ControlPlane(ServerConfig(...)).start()   upgrade the schema, rebuild routes from SQL, listen
+    run_server(config)                        the same, blocking until SIGINT/SIGTERM (`llmctl server`)
+
+Everything durable lives in SQL, so a restarted control plane on the same database serves the same
+deployments at once (routes come from the replicas SQL last saw READY) and adopts the replicas its
+agents report when they reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from llmctl.controlplane.errors import InvalidArgument, Unavailable
+from llmctl.controlplane.fleet import Fleet
+from llmctl.controlplane.gateway.routes import RouteTable
+from llmctl.controlplane.jobs import RECONCILE, JobRunner, control_plane_jobs
+from llmctl.controlplane.metrics import ControlPlaneMetrics
+from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
+from llmctl.controlplane.reconciler import ReconcilePolicy, Reconciler
+from llmctl.controlplane.rpc.admin import AdminServicer
+from llmctl.controlplane.rpc.agents import AgentServicer
+from llmctl.controlplane.rpc.interceptors import AuthInterceptor, ErrorInterceptor, admin_rule, join_rule
+from llmctl.controlplane.tokens import ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE, resolve_token
+
+logger = logging.getLogger("llmctl.controlplane")
+
+# Each agent's Connect stream and each WatchEvents watcher holds a worker thread for its lifetime (the
+# sync gRPC server), so this bounds agents + dashboards; threads start lazily, so the cap costs nothing idle.
+GRPC_WORKERS = 512
+"""Each connected agent and each event watch holds one worker for its stream's lifetime."""
+GATEWAY_START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    database_url: str | None = None
+    """None: SQLite at $LLMCTL_HOME/llmctl.db."""
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    """0: pick a free port (ControlPlane.grpc_address has the real one after start)."""
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    admin_token: str | None = None
+    """None: read $LLMCTL_HOME/admin_token, creating it (mode 0600) the first time."""
+    join_token: str | None = None
+    """None: read $LLMCTL_HOME/join_token, creating it (mode 0600) the first time."""
+    node_timeout_s: float = 15.0
+    """A node silent this long is unhealthy and its replicas are started elsewhere (twice as long right
+    after the control plane starts, while agents reconnect)."""
+    rollout_timeout_s: float = 300.0
+    """A new revision not fully ready this long after it was deployed is rolled back."""
+    heartbeat_interval_s: float = 2.0
+    """Told to agents when they register."""
+    reconcile_interval_s: float = 1.0
+    price_table: str | None = None
+    """JSON file of GPU prices per hour for the gateway's cost accounting."""
+    home: Path | None = None
+    """$LLMCTL_HOME override (tests)."""
+
+    def __post_init__(self) -> None:
+        for name in ("grpc_port", "gateway_port"):
+            port = getattr(self, name)
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+                raise InvalidArgument(
+                    f"{name} must be a port number 0-65535 (0: any free port), got {port!r}")
+        for name in ("node_timeout_s", "rollout_timeout_s", "heartbeat_interval_s", "reconcile_interval_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise InvalidArgument(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.node_timeout_s <= 2 * self.heartbeat_interval_s:
+            raise InvalidArgument(
+                f"node_timeout_s ({self.node_timeout_s:g}) must exceed two heartbeat intervals "
+                f"({self.heartbeat_interval_s:g}s each), or healthy nodes would be declared dead"
+            )
+
+
+class ControlPlane:
+    """One control-plane process: start(), then stop(); wait() blocks until it is stopped."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.grpc_address = ""
+        self.gateway_url = ""
+        self.admin_token = ""
+        self.join_token = ""
+        self.database_url = ""
+        self.routes = RouteTable()
+        self.fleet = Fleet()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._engine: Any = None
+        self._grpc: grpc.Server | None = None
+        self._gateway: Any = None
+        self._gateway_thread: threading.Thread | None = None
+        self._jobs: JobRunner | None = None
+        self.reconciler: Reconciler | None = None
+
+    def start(self) -> None:
+        from llmctl.agent.engine.paths import llmctl_home
+        from llmctl.controlplane.db.session import (
+            default_database_url,
+            make_engine,
+            session_factory,
+            upgrade_database,
+        )
+
+        config = self.config
+        home = Path(config.home if config.home is not None else llmctl_home()).expanduser()
+        self.admin_token = resolve_token(config.admin_token, home, ADMIN_TOKEN_FILE, "admin token")
+        self.join_token = resolve_token(config.join_token, home, JOIN_TOKEN_FILE, "join token")
+        self.database_url = config.database_url or default_database_url(home)
+        upgrade_database(self.database_url)
+        try:
+            self._engine = make_engine(self.database_url)
+            db = session_factory(self._engine)
+            metrics = ControlPlaneMetrics(self.registry, self.fleet)
+            policy = ReconcilePolicy(node_timeout_s=config.node_timeout_s,
+                                     rollout_timeout_s=config.rollout_timeout_s)
+            self.reconciler = reconciler = Reconciler(db, self.fleet, self.routes, policy, metrics)
+            jobs = control_plane_jobs(reconciler, reconcile_interval_s=config.reconcile_interval_s,
+                                      node_timeout_s=config.node_timeout_s)
+            runner = self._jobs = JobRunner(jobs)
+
+            def poke() -> None:  # something changed: reconcile now, not at the next tick
+                runner.wake(RECONCILE)
+
+            # Routes from SQL before anything listens, so the gateway serves from its first request.
+            reconciler.reconcile()
+            self._start_grpc(db, poke)
+            self._start_gateway(db)
+            self._jobs.start()
+        except BaseException:
+            self.stop(grace_s=0)
+            raise
+        logger.info("control plane listening: gRPC %s, gateway %s", self.grpc_address, self.gateway_url)
+
+    def _start_grpc(self, db: Any, poke: Callable[[], None]) -> None:
+        config = self.config
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="llmctl-grpc"),
+            interceptors=[AuthInterceptor([admin_rule(self.admin_token), join_rule(self.join_token)]),
+                          ErrorInterceptor()],
+        )
+        pb_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(db, self.fleet, heartbeat_interval_s=config.heartbeat_interval_s, on_change=poke),
+            server)
+        pb_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(db, self.fleet, on_change=poke, stopping=self._stopping), server)
+        address = _join(config.grpc_host, config.grpc_port)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise Unavailable(f"cannot listen for gRPC on {address}: the address is in use or not this "
+                              "host's; pick another --grpc-host/--grpc-port")
+        server.start()
+        self._grpc = server
+        self.grpc_address = _join(config.grpc_host, port)
+
+    def _start_gateway(self, db: Any) -> None:
+        import uvicorn
+
+        from llmctl.controlplane.gateway.app import build_gateway_app
+        from llmctl.controlplane.gateway.pricing import PriceTable
+
+        config = self.config
+        pricing = PriceTable.from_file(config.price_table) if config.price_table else PriceTable()
+        assert self.reconciler is not None
+        app = build_gateway_app(routes=self.routes, db_factory=db, pricing=pricing,
+                                gpu_of=self.reconciler.gpu_of, metrics_registry=self.registry)
+        family = socket.AF_INET6 if ":" in config.gateway_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((config.gateway_host, config.gateway_port))
+        except OSError as e:
+            sock.close()
+            where = _join(config.gateway_host, config.gateway_port)
+            raise Unavailable(f"cannot listen for the gateway on {where}: {e.strerror}; "
+                              "pick another --gateway-host/--gateway-port") from None
+        port = sock.getsockname()[1]
+        self._gateway = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
+        self._gateway_thread = threading.Thread(target=self._gateway.run, kwargs={"sockets": [sock]},
+                                                name="llmctl-gateway", daemon=True)
+        self._gateway_thread.start()
+        deadline = time.monotonic() + GATEWAY_START_TIMEOUT_S
+        while not self._gateway.started:
+            if not self._gateway_thread.is_alive() or time.monotonic() > deadline:
+                raise Unavailable(f"the gateway did not start on port {port}; see the log above")
+            time.sleep(0.02)
+        host = f"[{config.gateway_host}]" if ":" in config.gateway_host else config.gateway_host
+        self.gateway_url = f"http://{host}:{port}"
+
+    def stop(self, grace_s: float = 5) -> None:
+        """Stop listening and close agents' streams (their replicas keep running, to be adopted later)."""
+        if self._stopped.is_set():
+            return
+        self._stopping.set()
+        if self._jobs is not None:
+            self._jobs.stop()
+        # New calls are refused from here; agent streams end now rather than at the grace deadline.
+        grpc_stopped = self._grpc.stop(grace_s) if self._grpc is not None else None
+        self.fleet.close_all()
+        if grpc_stopped is not None:
+            grpc_stopped.wait()
+        if self._gateway is not None and self._gateway_thread is not None:
+            self._gateway.config.timeout_graceful_shutdown = grace_s
+            self._gateway.should_exit = True
+            self._gateway_thread.join(grace_s + 5)
+        if self._engine is not None:
+            self._engine.dispose()
+        self._stopped.set()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def run_server(config: ServerConfig) -> None:
+    """Run a control plane until SIGINT or SIGTERM, then stop it cleanly."""
+    from llmctl.controlplane.db.session import mask_url
+
+    plane = ControlPlane(config)
+    plane.start()
+    home = config.home
+    print(f"llmctl control plane\n  gRPC     {plane.grpc_address}\n  gateway  {plane.gateway_url}\n"
+          f"  database {mask_url(plane.database_url)}", flush=True)
+    for what, given, filename in (("admin token", config.admin_token, ADMIN_TOKEN_FILE),
+                                  ("join token", config.join_token, JOIN_TOKEN_FILE)):
+        if given is None:
+            from llmctl.agent.engine.paths import llmctl_home
+
+            folder = Path(home if home is not None else llmctl_home()).expanduser()
+            print(f"  {what:<8} in {folder / filename}", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):  # a timed wait, so the signal handler gets to run promptly
+            pass
+        print("stopping the control plane", file=sys.stderr, flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        plane.stop()

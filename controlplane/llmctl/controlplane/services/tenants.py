@@ -1,0 +1,203 @@
+"""Tenants, their API keys (stored hashed) and their token usage."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from llmctl.controlplane.db.models import ApiKey, Tenant, UsageRecord, utcnow
+from llmctl.controlplane.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from llmctl.controlplane.services import check_aware, check_count, check_name
+from llmctl.controlplane.services.events import record_event
+
+KEY_PREFIX = "llmctl-"
+PREFIX_LENGTH = 12
+"""Stored in clear to find a key's row and to name it in listings; the rest is only ever hashed."""
+
+
+def create_tenant(
+    session: Session, *, name: str, rpm: int = 0, tpm: int = 0, monthly_tokens: int = 0
+) -> tuple[Tenant, str]:
+    """A new tenant and its first API key. The key is returned this once; only its sha256 is kept."""
+    check_name("tenant", name)
+    for what, value in (("rpm", rpm), ("tpm", tpm), ("monthly_tokens", monthly_tokens)):
+        check_count(what, value, 0)
+    if session.scalars(select(Tenant.id).where(Tenant.name == name)).first() is not None:
+        raise AlreadyExists(f"tenant {name!r} already exists")
+    tenant = Tenant(name=name, rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens, created_at=utcnow())
+    session.add(tenant)
+    try:
+        session.flush()
+    except IntegrityError as e:
+        raise AlreadyExists(f"tenant {name!r} already exists") from e
+    record_event(
+        session,
+        kind="tenant.created",
+        message=f"created tenant {name} (rpm {rpm or 'unlimited'}, tpm {tpm or 'unlimited'}, "
+        f"monthly tokens {monthly_tokens or 'unlimited'})",
+        details={"tenant": name, "rpm": rpm, "tpm": tpm, "monthly_tokens": monthly_tokens},
+    )
+    return tenant, _new_key(session, tenant)
+
+
+def create_api_key(session: Session, *, tenant_name: str) -> str:
+    """Another key for an existing tenant (e.g. to rotate); returned once, stored hashed."""
+    return _new_key(session, get_tenant(session, tenant_name))
+
+
+def _new_key(session: Session, tenant: Tenant) -> str:
+    while True:
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        prefix = key[:PREFIX_LENGTH]
+        # Prefixes carry 30 random bits, so a repeat is rare; it would make lookups ambiguous, so redraw.
+        if session.scalars(select(ApiKey.id).where(ApiKey.prefix == prefix)).first() is None:
+            break
+    session.add(ApiKey(tenant=tenant, prefix=prefix, key_hash=_hash(key), created_at=utcnow()))
+    session.flush()
+    record_event(
+        session,
+        kind="api_key.created",
+        message=f"created API key {prefix}... for tenant {tenant.name}",
+        details={"tenant": tenant.name, "prefix": prefix},
+    )
+    return key
+
+
+def revoke_api_key(session: Session, *, prefix: str) -> None:
+    """Revoke the key whose first 12 characters are `prefix`; it stops authenticating at once."""
+    api_key = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).one_or_none()
+    if api_key is None:
+        raise NotFound(
+            f"no API key starts with {prefix!r}; give the first {PREFIX_LENGTH} characters of the key"
+        )
+    if api_key.revoked_at is not None:
+        return
+    api_key.revoked_at = utcnow()
+    session.flush()
+    record_event(
+        session,
+        kind="api_key.revoked",
+        message=f"revoked API key {prefix}... of tenant {api_key.tenant.name}",
+        details={"tenant": api_key.tenant.name, "prefix": prefix},
+    )
+
+
+def authenticate(session: Session, api_key: str) -> Tenant:
+    """The tenant owning this key; Unauthenticated for a missing, unknown or revoked key."""
+    invalid = Unauthenticated("invalid API key")
+    if not isinstance(api_key, str) or len(api_key) <= PREFIX_LENGTH:
+        raise invalid
+    row = session.scalars(select(ApiKey).where(ApiKey.prefix == api_key[:PREFIX_LENGTH])).one_or_none()
+    # Constant-time comparison, so response timing does not reveal how much of a guessed hash matched.
+    if row is None or not hmac.compare_digest(row.key_hash, _hash(api_key)) or row.revoked_at is not None:
+        raise invalid
+    return row.tenant
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def record_usage(
+    session: Session,
+    *,
+    tenant_id: int,
+    deployment_name: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_usd: float,
+    at: datetime | None = None,
+) -> UsageRecord:
+    """One gateway request's tokens and cost. Not an Event: usage has its own, much larger, table."""
+    check_count("prompt_tokens", prompt_tokens, 0)
+    check_count("completion_tokens", completion_tokens, 0)
+    if isinstance(cost_usd, bool) or not isinstance(cost_usd, int | float) or cost_usd < 0:
+        raise InvalidArgument(f"cost_usd must be a number >= 0, got {cost_usd!r}")
+    check_aware("at", at)
+    record = UsageRecord(
+        tenant_id=tenant_id,
+        deployment_name=deployment_name,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=float(cost_usd),
+        at=at or utcnow(),
+    )
+    session.add(record)
+    session.flush()
+    return record
+
+
+def month_start(now: datetime) -> datetime:
+    """Midnight UTC on the first day of `now`'s calendar month (UTC)."""
+    now = now.astimezone(UTC)
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(now: datetime) -> datetime:
+    start = month_start(now)
+    return (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+
+
+def tokens_used_in_month(session: Session, *, tenant_id: int, now: datetime | None = None) -> int:
+    """Prompt plus completion tokens in the calendar month (UTC) containing `now`."""
+    now = check_aware("now", now) or utcnow()
+    total = session.scalar(
+        select(func.coalesce(func.sum(UsageRecord.prompt_tokens + UsageRecord.completion_tokens), 0)).where(
+            UsageRecord.tenant_id == tenant_id,
+            UsageRecord.at >= month_start(now),
+            UsageRecord.at < next_month_start(now),
+        )
+    )
+    return int(total or 0)
+
+
+def usage_summary(
+    session: Session, *, tenant_id: int, since: datetime | None = None, until: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Per deployment (sorted by name): requests, prompt_tokens, completion_tokens, cost_usd in [since, until)."""
+    check_aware("since", since)
+    check_aware("until", until)
+    query = select(
+        UsageRecord.deployment_name,
+        func.count(UsageRecord.id),
+        func.sum(UsageRecord.prompt_tokens),
+        func.sum(UsageRecord.completion_tokens),
+        func.sum(UsageRecord.cost_usd),
+    ).where(UsageRecord.tenant_id == tenant_id)
+    if since is not None:
+        query = query.where(UsageRecord.at >= since)
+    if until is not None:
+        query = query.where(UsageRecord.at < until)
+    rows = session.execute(query.group_by(UsageRecord.deployment_name).order_by(UsageRecord.deployment_name))
+    return [
+        {
+            "deployment_name": name,
+            "requests": int(requests),
+            "prompt_tokens": int(prompt),
+            "completion_tokens": int(completion),
+            "cost_usd": float(cost),
+        }
+        for name, requests, prompt, completion, cost in rows
+    ]
+
+
+def get_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalars(select(Tenant).where(Tenant.name == name)).one_or_none()
+    if tenant is None:
+        raise NotFound(f"tenant {name!r} not found; create the tenant first")
+    return tenant
+
+
+def list_tenants(session: Session) -> list[Tenant]:
+    return list(session.scalars(select(Tenant).order_by(Tenant.name)))

@@ -1,9 +1,0 @@
-"""Triton kernels, one file per family; each public function has the same signature as its
-counterpart in kernels/reference.py. Importing this package imports triton."""
-
-from kernels.triton.activation import silu_and_mul  # noqa: F401
-from kernels.triton.kv_cache import write_kv  # noqa: F401
-from kernels.triton.norm_rope import rms_norm, rotary_embedding  # noqa: F401
-from kernels.triton.paged_attention import paged_attention_decode  # noqa: F401
-from kernels.triton.prefill_attention import prefill_attention  # noqa: F401
-from kernels.triton.quant_matmul import awq_linear, w8a16_linear  # noqa: F401

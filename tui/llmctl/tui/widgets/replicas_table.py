@@ -1,0 +1,31 @@
+"""A deployment's replicas and where they run."""
+
+from __future__ import annotations
+
+from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.tui.format import head, state_text
+from llmctl.tui.widgets.keyed_table import Cell, Column, KeyedTable
+
+
+def replica_state(replica: pb.Replica) -> str:
+    return pb.ReplicaState.Name(replica.state).removeprefix("REPLICA_STATE_")
+
+
+class ReplicasTable(KeyedTable):
+    COLUMNS = (
+        Column("id", "ID", 6),
+        Column("node", "NODE", 14),
+        Column("revision", "REV", 3),
+        Column("state", "STATE", 8),
+        Column("url", "URL", 26),
+        Column("restarts", "RESTARTS", 8),
+        Column("error", "ERROR"),
+    )
+
+    def show(self, deployment: pb.Deployment | None) -> None:
+        rows: dict[str, tuple[Cell, ...]] = {}
+        for r in deployment.replicas if deployment is not None else []:
+            rows[str(r.id)] = (str(r.id), r.node or "-", str(r.revision), state_text(replica_state(r)),
+                               r.url or "-", str(r.restarts), head(" ".join(r.error.split()), 200))
+        self.set_rows(rows)
+        self.set_title(f"Replicas ({len(rows)})")
