@@ -42,6 +42,8 @@ class SamplingRequest(_Body):
 class CompletionRequest(SamplingRequest):
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = None
+    echo: bool | None = None
+    """Put the prompt before the completion, in the text and (with logprobs) in the logprobs."""
 
 
 class ContentPart(_Body):
@@ -61,6 +63,18 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    echo: bool | None = None
+    """Read only to refuse it: echo is a legacy-completions feature here."""
+
+
+class TokenizeRequest(_Body):
+    """vLLM's /tokenize: a prompt (text or ids), or chat messages through the model's chat template."""
+
+    model: str | None = None
+    prompt: str | list[int] | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = True
 
 
 class ApiError(Exception):
@@ -100,19 +114,36 @@ FIELD_NAMES = {
 
 
 # ---- response pieces
-def completion_logprobs(lps: list[TokenLogprob], text_offset: int) -> dict[str, Any]:
-    """The legacy completions logprobs object; top alternatives include the sampled token, like vLLM."""
+def completion_logprobs(
+    lps: list[TokenLogprob], text_offset: int, first_token: str | None = None
+) -> dict[str, Any]:
+    """The legacy completions logprobs object; top alternatives include the sampled token, like vLLM.
+
+    first_token: a token before lps that has no logprob (an echoed prompt's first: nothing precedes it);
+    its logprob and top alternatives are null, as in OpenAI's and vLLM's answers.
+    """
+    tokens = ([] if first_token is None else [first_token]) + [lp.token for lp in lps]
     offsets = []
-    for lp in lps:
+    for token in tokens:
         offsets.append(text_offset)
-        text_offset += len(lp.token)
+        text_offset += len(token)
+    lead: list[Any] = [] if first_token is None else [None]
     return {
-        "tokens": [lp.token for lp in lps],
-        "token_logprobs": [lp.logprob for lp in lps],
-        # Keyed by text, so tokens that decode alike collapse; the sampled token's own value wins.
-        "top_logprobs": [{t: v for _, t, v in lp.top} | {lp.token: lp.logprob} for lp in lps],
+        "tokens": tokens,
+        "token_logprobs": lead + [lp.logprob for lp in lps],
+        "top_logprobs": lead + [_top_by_text(lp) for lp in lps],
         "text_offset": offsets,
     }
+
+
+def _top_by_text(lp: TokenLogprob) -> dict[str, float]:
+    """Keyed by text, so tokens that decode alike collapse: the best of them keeps its value (lp.top is
+    best first), except that the token's own value always shows under its own text."""
+    top: dict[str, float] = {}
+    for _, text, value in lp.top:
+        top.setdefault(text, value)
+    top[lp.token] = lp.logprob
+    return top
 
 
 def chat_logprobs(lps: list[TokenLogprob], top_n: int) -> dict[str, Any]:
@@ -124,10 +155,11 @@ def chat_logprobs(lps: list[TokenLogprob], top_n: int) -> dict[str, Any]:
     return {"content": content, "refusal": None}
 
 
-def usage(out: RequestOutput) -> dict[str, Any]:
-    prompt, completion = len(out.prompt_token_ids), len(out.output.token_ids)
+def usage(prompt: int, out: RequestOutput | None) -> dict[str, Any]:
+    """Token counts of a request with `prompt` prompt tokens; out None: nothing was generated."""
+    completion, cached = (0, 0) if out is None else (len(out.output.token_ids), out.num_cached_tokens)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens}}
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def sse(payload: dict[str, Any] | str) -> str:

@@ -1,8 +1,15 @@
 """OpenAI-compatible HTTP API over one AsyncEngine (`llmctl serve`).
 
-Routes: /v1/models, /v1/completions, /v1/chat/completions (both with SSE streaming), /health, /metrics.
+Routes: /v1/models, /v1/completions, /v1/chat/completions (both with SSE streaming), /tokenize, /health,
+/metrics.
 Response shapes follow OpenAI's so the official clients parse them. Bad input gets a 400/404 with an
 OpenAI-style error body before any token is produced; a client that goes away aborts its request.
+
+Prompt scoring, as OpenAI's legacy API and vLLM do it: /v1/completions with echo=true puts the prompt
+before the completion, and with logprobs=N its logprobs block covers the prompt tokens first (the first
+one null). max_tokens=0 is allowed with echo only, and then nothing is generated. The prompt is scored by
+the engine loop between two steps (AsyncEngine.prompt_logprobs). Echo also streams: the prompt comes as
+the first chunk, then the generated deltas; with max_tokens=0 that chunk is the whole answer.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from llmctl.agent.openai_protocol import (
     ChatMessage,
     CompletionRequest,
     SamplingRequest,
+    TokenizeRequest,
     chat_logprobs,
     completion_logprobs,
     error_response,
@@ -57,8 +65,12 @@ class _Job:
     """One accepted request: its id, prompt, sampling and how to render its choices."""
 
     def __init__(self, kind: str, body: SamplingRequest, model: str, prompt_ids: list[int],
-                 params: SamplingParams, top_logprobs: int):
+                 params: SamplingParams, top_logprobs: int, echo: str | None = None,
+                 first_token: str | None = None, generates: bool = True):
         self.chat = kind == "chat"
+        # echo: the prompt text to put before the completion; first_token: the prompt's first token, which
+        # opens an echoed logprobs block; generates: False for echo with max_tokens 0 (no engine request).
+        self.echo, self.first_token, self.generates = echo, first_token, generates
         self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.object = "chat.completion" if self.chat else "text_completion"
         self.created, self.model = int(time.time()), model
@@ -71,18 +83,20 @@ class _Job:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "choices": choices, **extra}
 
-    def logprobs(self, lps: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    def logprobs(self, lps: list[TokenLogprob] | None, echoed: bool = False) -> dict[str, Any] | None:
+        """echoed: lps follow the prompt's first token, which the block starts with."""
         if self.params.logprobs is None or lps is None:
             return None
         if self.chat:
             return chat_logprobs(lps, self.top_logprobs)
-        block = completion_logprobs(lps, self.text_offset)
-        self.text_offset += sum(len(lp.token) for lp in lps)
+        block = completion_logprobs(lps, self.text_offset, self.first_token if echoed else None)
+        self.text_offset += sum(map(len, block["tokens"]))
         return block
 
-    def choice(self, text: str, lps: list[TokenLogprob] | None, finish: str | None, delta: bool) -> dict:
+    def choice(self, text: str, lps: list[TokenLogprob] | None, finish: str | None, delta: bool,
+               echoed: bool = False) -> dict:
         if not self.chat:
-            return {"index": 0, "text": text, "logprobs": self.logprobs(lps), "finish_reason": finish}
+            return {"index": 0, "text": text, "logprobs": self.logprobs(lps, echoed), "finish_reason": finish}
         body = {"content": text} if delta else {"role": "assistant", "content": text}
         return {"index": 0, ("delta" if delta else "message"): body, "logprobs": self.logprobs(lps),
                 "finish_reason": finish}
@@ -113,17 +127,13 @@ class _Api:
             raise ApiError(404, f"The model '{name}' does not exist; this server serves '{self.model}'.",
                            "model", "model_not_found")
 
-    def prompt_ids(self, prompt: str | list[int] | list[str] | list[list[int]]) -> list[int]:
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-            if len(prompt) != 1:
-                raise ApiError(400, f"Batched prompts are not supported: got {len(prompt)} prompts, send one "
-                               "per request.", "prompt")
-            prompt = prompt[0]
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
         # The engine's own tokenizing, so the length checked here is the length it will see.
         return self.engine.engine.tokenize(prompt)
 
     def job(self, kind: str, body: SamplingRequest, prompt_ids: list[int], max_tokens: int | None,
-            logprobs: int | None, top_logprobs: int = 0) -> _Job:
+            logprobs: int | None, top_logprobs: int = 0, echo: str | None = None) -> _Job:
+        """echo: the prompt text, to put before the completion (completions only)."""
         if body.n not in (None, 1):
             raise ApiError(400, f"Only n=1 is supported, got n={body.n}.", "n")
         limit, used = self.info.max_model_len, len(prompt_ids)
@@ -132,8 +142,12 @@ class _Api:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if "" in stop:
             raise ApiError(400, "Stop strings must not be empty.", "stop")
+        # Echo with max_tokens 0 only scores the prompt. Its params still check the other fields (they want
+        # a token to generate), so scoring takes the same values, logprobs included, as generating does.
+        generates = echo is None or max_tokens != 0
         params = SamplingParams(
-            max_tokens=max_tokens, seed=body.seed, stop=stop, stop_token_ids=list(body.stop_token_ids or []),
+            max_tokens=max_tokens if generates else 1, seed=body.seed, stop=stop,
+            stop_token_ids=list(body.stop_token_ids or []),
             ignore_eos=bool(body.ignore_eos), logprobs=logprobs,
             **{k: v for k in ("temperature", "top_p", "top_k", "min_p") if (v := getattr(body, k)) is not None},
         )
@@ -143,7 +157,14 @@ class _Api:
                 f"{used + max_tokens} tokens ({used} in the prompt, {max_tokens} for the completion). "
                 "Please reduce the length of the prompt or max_tokens.", "max_tokens", "context_length_exceeded",
             )
-        return _Job(kind, body, self.model, prompt_ids, params, top_logprobs)
+        first_token = None if echo is None else self.engine.engine.tokenizer.decode(prompt_ids[:1])
+        return _Job(kind, body, self.model, prompt_ids, params, top_logprobs, echo, first_token, generates)
+
+    async def echo_logprobs(self, job: _Job) -> list[TokenLogprob]:
+        """The logprobs of the prompt's tokens after the first when echo asks for logprobs, else []."""
+        if job.echo is None or job.params.logprobs is None:
+            return []
+        return await self.engine.prompt_logprobs(job.prompt_ids, job.params.logprobs)
 
     async def unless_gone(self, request: Request, step: Awaitable[T]) -> T | None:
         """Await step, or abort the request and return None once the client has disconnected."""
@@ -164,7 +185,10 @@ class _Api:
         """Account for the end of a request; aborts it in the engine if it did not finish on its own.
 
         failed: the engine refused or broke the request, so it is no client's abort.
+        A job that generates nothing has no engine request and is not counted.
         """
+        if not job.generates:
+            return
         if last is not None and last.finished:
             out = last.output
             self.metrics.observe_finished(out.finish_reason or "stop", len(out.token_ids), last.arrival_time,
@@ -175,8 +199,10 @@ class _Api:
             self.metrics.count_aborted()
 
     async def complete(self, request: Request, job: _Job) -> Response:
-        async def drain() -> tuple[RequestOutput, list[TokenLogprob]]:
-            last, lps = None, []
+        async def drain() -> tuple[RequestOutput | None, list[TokenLogprob]]:
+            last, lps = None, await self.echo_logprobs(job)
+            if not job.generates:
+                return None, lps
             async for last in self.engine.generate(job.id, job.prompt_ids, job.params):
                 lps.extend(last.output.logprobs or [])
             if last is None or not last.finished:
@@ -192,24 +218,31 @@ class _Api:
         if result is None:
             return Response(status_code=499)  # nobody is listening; never sent
         last, lps = result
-        choice = job.choice(last.output.text, lps, last.output.finish_reason, delta=False)
-        return JSONResponse(job.envelope([choice], chunk=False, usage=usage(last)))
+        text, finish = (last.output.text, last.output.finish_reason) if last else ("", "length")
+        echoed = job.echo is not None
+        choice = job.choice((job.echo or "") + text, lps, finish, delta=False, echoed=echoed)
+        return JSONResponse(job.envelope([choice], chunk=False, usage=usage(len(job.prompt_ids), last)))
 
     async def stream(self, request: Request, job: _Job) -> Response:
-        outputs = aiter(self.engine.generate(job.id, job.prompt_ids, job.params))
-        # Wait for the first output before answering, so errors the engine raises on admission still
-        # become a proper 400 instead of an event inside a 200 stream.
+        outputs = aiter(self.engine.generate(job.id, job.prompt_ids, job.params)) if job.generates else None
+        # Wait for the prompt's scoring and the first output before answering, so errors the engine raises
+        # still become a proper 400 instead of an event inside a 200 stream.
         try:
-            first = await self.unless_gone(request, anext(outputs))
+            prompt_lps = await self.unless_gone(request, self.echo_logprobs(job))
+            first = None
+            if prompt_lps is not None and outputs is not None:
+                first = await self.unless_gone(request, anext(outputs))
         except BaseException as exc:
             self.finished(job, None, failed=isinstance(exc, EngineError))
             raise
-        if first is None:
+        if prompt_lps is None or (outputs is not None and first is None):
             self.finished(job, None)
             return Response(status_code=499)
-        return EventStream(self.events(job, first, outputs), media_type="text/event-stream")
+        return EventStream(self.events(job, prompt_lps, first, outputs), media_type="text/event-stream")
 
-    async def events(self, job: _Job, first: RequestOutput, outputs: AsyncIterator[RequestOutput]):
+    async def events(self, job: _Job, prompt_lps: list[TokenLogprob], first: RequestOutput | None,
+                     outputs: AsyncIterator[RequestOutput] | None):
+        """first and outputs are None when the job generates nothing."""
         # When the client disconnects, Starlette cancels this generator at an await; `finally` then aborts.
         last, failed = first, False
         extra = {"usage": None} if job.include_usage else {}
@@ -218,17 +251,21 @@ class _Api:
                 role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                         "finish_reason": None}
                 yield sse(job.envelope([role], chunk=True, **extra))
-            out: RequestOutput | None = first
+            if job.echo is not None:
+                finish = None if job.generates else "length"
+                choice = job.choice(job.echo, prompt_lps, finish, delta=True, echoed=True)
+                yield sse(job.envelope([choice], chunk=True, **extra))
+            out = first
             while out is not None:
                 last, delta = out, out.output
                 if delta.delta_text or delta.finish_reason or delta.logprobs:
                     choice = job.choice(delta.delta_text, delta.logprobs, delta.finish_reason, delta=True)
                     yield sse(job.envelope([choice], chunk=True, **extra))
                 out = await anext(outputs, None)  # None once the engine's stream has ended
-            if not last.finished:
+            if last is not None and not last.finished:
                 raise EngineError(f"request {job.id} ended without a final output")
             if job.include_usage:
-                yield sse(job.envelope([], chunk=True, usage=usage(last)))
+                yield sse(job.envelope([], chunk=True, usage=usage(len(job.prompt_ids), last)))
         except EngineError as exc:
             failed = True
             logger.warning("request %s failed mid-stream: %s", job.id, exc)
@@ -301,7 +338,17 @@ def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         api.check_model(body.model)
-        job = api.job("completion", body, api.prompt_ids(body.prompt), body.max_tokens, body.logprobs)
+        if body.max_tokens == 0 and not body.echo:
+            raise ApiError(400, "max_tokens must be at least 1; 0 is allowed only with echo=true, which "
+                           "returns the prompt (with logprobs=N, its token logprobs) and generates nothing.",
+                           "max_tokens")
+        prompt = single_prompt(body.prompt)
+        prompt_ids = api.prompt_ids(prompt)
+        echo = None
+        if body.echo:
+            # Token-id prompts echo as their decoded text, as vLLM does.
+            echo = prompt if isinstance(prompt, str) else async_engine.engine.tokenizer.decode(prompt_ids)
+        job = api.job("completion", body, prompt_ids, body.max_tokens, body.logprobs, echo=echo)
         return await (api.stream if body.stream else api.complete)(request, job)
 
     @app.post("/v1/chat/completions")
@@ -309,6 +356,9 @@ def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
         api.check_model(body.model)
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "top_logprobs requires logprobs to be true.", "top_logprobs")
+        if body.echo:
+            raise ApiError(400, "Chat completions do not take echo; to score a prompt, send it to "
+                           "/v1/completions with echo=true, logprobs=N and max_tokens=0.", "echo")
         messages = [chat_message(m) for m in body.messages]
         prompt_ids = async_engine.engine.chat_prompt_ids(messages)
         top = body.top_logprobs or 0
@@ -316,7 +366,34 @@ def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
                       top if body.logprobs else None, top)
         return await (api.stream if body.stream else api.complete)(request, job)
 
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        """Token ids as this model sees them (vLLM's route): how clients and the quality scorer count and
+        align tokens without a tokenizer of their own."""
+        api.check_model(body.model)
+        engine = async_engine.engine
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "Send exactly one of 'prompt' (text or token ids) or 'messages'.", "prompt")
+        if body.messages is not None:
+            messages = [chat_message(m) for m in body.messages]
+            ids = engine.chat_prompt_ids(messages, add_generation_prompt=body.add_generation_prompt)
+        elif isinstance(body.prompt, str):
+            ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        else:
+            ids = engine.tokenize(body.prompt) if body.prompt else []
+        return {"count": len(ids), "max_model_len": api.info.max_model_len, "tokens": ids}
+
     return app
+
+
+def single_prompt(prompt: str | list[int] | list[str] | list[list[int]]) -> str | list[int]:
+    """The one prompt of a completions request: a text or token ids, unwrapped from a batch of one."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        if len(prompt) != 1:
+            raise ApiError(400, f"Batched prompts are not supported: got {len(prompt)} prompts, send one "
+                           "per request.", "prompt")
+        return prompt[0]
+    return prompt
 
 
 def chat_message(message: ChatMessage) -> dict[str, Any]:

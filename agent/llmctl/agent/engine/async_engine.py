@@ -1,23 +1,26 @@
 """AsyncEngine: the LLMEngine step loop in a background thread, with one async stream per request.
 
 The loop thread is the only one that touches the engine's state; callers talk to it through a
-command queue (add, abort) and receive outputs through per-request asyncio queues.
+command queue (add, abort, score) and receive outputs through per-request asyncio queues, or for
+scoring a future that the loop settles between two steps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 
 from llmctl.agent.engine.config import EngineConfig
 from llmctl.agent.engine.engine import LLMEngine
 from llmctl.agent.engine.errors import EngineError, InvalidRequest
 from llmctl.agent.engine.sampling import SamplingParams
-from llmctl.agent.engine.sequence import RequestOutput
+from llmctl.agent.engine.sequence import RequestOutput, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ class AsyncEngine:
         self._wake = threading.Event()
         self._go = threading.Event()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._scores: collections.deque[tuple[Future, list[int], int]] = collections.deque()
+        """Scoring commands the loop has taken but not run yet (loop thread only)."""
         self._thread: threading.Thread | None = None
         self._started = False
         self._stopping = False
@@ -135,6 +140,16 @@ class AsyncEngine:
         self._commands.put(("abort", request_id))
         self._wake.set()
 
+    async def prompt_logprobs(self, token_ids: list[int], num_top: int) -> list[TokenLogprob]:
+        """LLMEngine.prompt_logprobs, run by the loop thread between two steps, so it never runs beside
+        a step and never blocks the caller's event loop. Cancelling the await drops it if not yet run."""
+        if not self.is_running:
+            raise EngineDeadError(f"the engine loop is not running ({self.error or 'not started'})")
+        future: Future = Future()
+        self._commands.put(("score", future, list(token_ids), num_top))
+        self._wake.set()
+        return await asyncio.wrap_future(future)
+
     # -- the loop thread --------------------------------------------------------------------
     def _deliver(self, request_id: str, item) -> None:
         self._deliver_many([(request_id, item)])
@@ -164,24 +179,57 @@ class AsyncEngine:
                     self.engine.add_request(rid, ids, params)
                 except EngineError as exc:
                     self._deliver(rid, exc)
+            elif cmd[0] == "score":
+                self._scores.append(cmd[1:])
             else:
                 self.engine.abort(cmd[1])
+
+    def _score(self, future: Future, token_ids: list[int], num_top: int) -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # its caller stopped waiting
+        try:
+            future.set_result(self.engine.prompt_logprobs(token_ids, num_top))
+        except EngineError as exc:
+            future.set_exception(exc)
+        except Exception as exc:  # scoring uses a scratch KV pool, so a failure is this caller's alone
+            log.exception("scoring failed")
+            future.set_exception(EngineError(f"scoring failed: {exc!r}"))
 
     def _loop(self) -> None:
         try:
             while not self._stopping:
                 self._drain_commands()
-                if not self.engine.has_unfinished():
+                if self._scores:
+                    self._score(*self._scores.popleft())  # one per step, so scoring and decoding interleave
+                if self.engine.has_unfinished():
+                    self._deliver_many([(out.request_id, out) for out in self.engine.step()])
+                elif not self._scores:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
-                    continue
-                self._deliver_many([(out.request_id, out) for out in self.engine.step()])
         except BaseException as exc:  # a crash in the loop must reach every waiting client
             log.exception("engine loop crashed")
             self.error = exc
             dead = EngineDeadError(f"engine loop crashed: {exc!r}")
         else:
             dead = EngineDeadError("the engine was stopped")
+        self._close(dead)
+
+    def _close(self, dead: EngineDeadError) -> None:
+        """Tell every waiting caller that the loop has ended, including those whose commands it never took."""
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if cmd[0] == "score":
+                self._scores.append(cmd[1:])
+            elif cmd[0] == "abort":
+                self.engine.abort(cmd[1])
+            # an add needs nothing here: its stream, if still open, is told below
         for rid in list(self._streams):
             self._deliver(rid, dead)
             self.engine.abort(rid)
+        while self._scores:
+            future = self._scores.popleft()[0]
+            if future.set_running_or_notify_cancel():
+                future.set_exception(dead)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -204,6 +205,25 @@ class LLMEngine:
                 raise InvalidRequest(f"{len(tokens)} tokens exceed the context limit {self.info.max_model_len}")
         return self.runner.score(token_lists)
 
+    def prompt_logprobs(self, token_ids: list[int], num_top: int) -> list[TokenLogprob]:
+        """Each token after the first: its logprob given the tokens before it, with the num_top most
+        likely tokens at its position; from one score() forward (what completions' echo reports)."""
+        if not 0 <= num_top <= self.info.vocab_size:
+            raise InvalidRequest(f"logprobs must be in [0, {self.info.vocab_size}], got {num_top}")
+        if len(token_ids) < 2:
+            return []  # the first token has no context to score it in
+        logits = self.score([token_ids])[0][:-1]  # [len - 1, vocab]: row i predicts token i + 1
+        lse = logits.logsumexp(-1, keepdim=True)  # log_softmax without a second [len - 1, vocab] tensor
+        targets = torch.tensor(token_ids[1:], device=logits.device)[:, None]
+        chosen = (logits.gather(1, targets) - lse)[:, 0].tolist()
+        top_values, top_ids = logits.topk(num_top, dim=-1)
+        top_values, top_ids = (top_values - lse).tolist(), top_ids.tolist()
+        token_str = functools.cache(self._token_str)  # prompts repeat tokens; decoding is per call
+        return [
+            TokenLogprob(t, token_str(t), lp, [(i, token_str(i), v) for i, v in zip(ids, vals, strict=True)])
+            for t, lp, ids, vals in zip(token_ids[1:], chosen, top_ids, top_values, strict=True)
+        ]
+
     def _eos_ids(self, hf_config) -> set[int]:
         ids = set()
         for source in (getattr(hf_config, "eos_token_id", None), self.tokenizer.eos_token_id):
@@ -226,11 +246,12 @@ class LLMEngine:
             raise InvalidRequest("the prompt is empty")
         return ids
 
-    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+    def chat_prompt_ids(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         if not self.tokenizer.chat_template:
             raise InvalidRequest(f"model {self.info.model_name} has no chat template; use completions")
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                      tokenize=False)
         except Exception as exc:  # template errors are the caller's malformed messages
             raise InvalidRequest(f"could not apply the chat template: {exc}") from exc
         return self.tokenizer.encode(text, add_special_tokens=False)
