@@ -1,9 +1,16 @@
-"""Shared test factories: tiny random-weight Llama checkpoints with a real (small, trained) tokenizer."""
+"""Shared test factories: tiny random-weight Llama checkpoints with a real (small, trained) tokenizer, and an
+ASGI app served by uvicorn on a loopback port."""
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -82,3 +89,25 @@ def make_tiny_llama(path: Path, seed: int = 0, **overrides) -> Path:
 
 def write_json(path: Path, data) -> None:
     Path(path).write_text(json.dumps(data, indent=2))
+
+
+@contextmanager
+def serve_app(app: Any, **config: Any) -> Iterator[str]:
+    """Run an ASGI app under uvicorn in a thread on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -60,12 +60,14 @@ class Admin:
 
         return call
 
-    def deploy(self, name: str, model: str = "tiny", replicas: int | None = 1,
+    def deploy(self, name: str, model: str = "tiny", replicas: int | None = 1, quality_sample_rate: float = 0.0,
                **config: Any) -> pb.DeployResponse:
+        """Quality sampling is off unless asked for: a sampling deployment also runs a scorer replica, and
+        most tests here count replicas."""
         import json
 
         return self.Deploy(pb.DeployRequest(name=name, model=model, engine_config_json=json.dumps(config),
-                                            replicas=replicas))
+                                            replicas=replicas, quality_sample_rate=quality_sample_rate))
 
     def events(self, kind: str | None = None, deployment: str = "") -> list[pb.Event]:
         listed = self.ListEvents(pb.ListEventsRequest(deployment=deployment, limit=1000)).events

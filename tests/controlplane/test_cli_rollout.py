@@ -20,7 +20,8 @@ from llmctl.controlplane.server import ControlPlane, ServerConfig
 
 pytestmark = pytest.mark.slow
 ADMIN_TOKEN = "rollout-test-admin-token"
-ENGINE = ["--threads", "1", "--num-kv-blocks", "32", "--max-model-len", "128"]
+# Sampling off: this test counts the node's slots, and a quality scorer replica would take one.
+ENGINE = ["--threads", "1", "--num-kv-blocks", "32", "--max-model-len", "128", "--quality-sample-rate", "0"]
 
 
 @pytest.fixture

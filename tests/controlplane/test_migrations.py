@@ -56,15 +56,16 @@ def test_upgrade_downgrade_upgrade_matches_the_models(blank_db_url: str) -> None
 
 
 def test_current_revision_foreign_keys_survive_batch_migration(blank_db_url: str) -> None:
-    # SQLite adds this cycle-closing key by rebuilding the table; it must really be there.
+    # SQLite adds these cycle-closing keys by rebuilding the table; they must really be there.
     upgrade_database(blank_db_url)
     engine = make_engine(blank_db_url)
     try:
         keys = inspect(engine).get_foreign_keys("deployments")
     finally:
         engine.dispose()
-    assert [(k["constrained_columns"], k["referred_table"]) for k in keys] == [
-        (["current_revision_id"], "revisions")
+    assert sorted((k["constrained_columns"], k["referred_table"]) for k in keys) == [
+        (["current_revision_id"], "revisions"),
+        (["quality_reference_revision_id"], "revisions"),
     ]
 
 

@@ -31,7 +31,7 @@ def test_two_agents_serve_a_deployment_through_the_gateway(tmp_path: Path, tiny_
             for daemon in daemons:
                 daemon.start()
             wait_for(lambda: all(d.connected for d in daemons), timeout=20, what="both agents to connect")
-            admin.Deploy(pb.DeployRequest(name="tiny", model=str(tiny_llama), replicas=2,
+            admin.Deploy(pb.DeployRequest(name="tiny", model=str(tiny_llama), replicas=2, quality_sample_rate=0,
                                           engine_config_json=json.dumps(ENGINE)))
 
             def ready() -> pb.Deployment | None:

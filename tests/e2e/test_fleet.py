@@ -123,7 +123,9 @@ def test_fleet_survives_rollout_rollback_node_loss_and_restart(
     wait_until("both agents joined", lambda: nodes() == {"a": "healthy", "b": "healthy"}, 60)
 
     # 1. Deploy two replicas; a tenant created with the CLI chats through the gateway.
-    engine = ["--threads", "1", "--num-kv-blocks", "64", "--max-model-len", "256"]
+    # Quality sampling off: this test counts and places replicas, and a sampling deployment adds a scorer
+    # replica (tests/e2e/test_quality.py runs rollouts with one).
+    engine = ["--threads", "1", "--num-kv-blocks", "64", "--max-model-len", "256", "--quality-sample-rate", "0"]
     out = llmctl.json(
         "deploy",
         "chat",

@@ -94,12 +94,18 @@ class AdminClient:
         return self._call("GetDeployment", pb.GetDeploymentRequest(name=name))
 
     def deploy(
-        self, name: str, model: str, engine_config: dict[str, Any] | None = None, replicas: int | None = None
+        self, name: str, model: str, engine_config: dict[str, Any] | None = None, replicas: int | None = None, *,
+        quality_sample_rate: float | None = None, quality_auto_rollback: bool | None = None,
+        quality_threshold: float | None = None,
     ) -> pb.DeployResponse:
-        """Create the deployment or a new revision of it; engine_config holds EngineConfig fields."""
+        """Create the deployment or a new revision of it; engine_config holds EngineConfig fields. Unset
+        options keep what the deployment has (the defaults for a new one)."""
         request = pb.DeployRequest(name=name, model=model, engine_config_json=json.dumps(engine_config or {}))
-        if replicas is not None:
-            request.replicas = replicas
+        options = {"replicas": replicas, "quality_sample_rate": quality_sample_rate,
+                   "quality_auto_rollback": quality_auto_rollback, "quality_threshold": quality_threshold}
+        for field, value in options.items():
+            if value is not None:
+                setattr(request, field, value)
         return self._call("Deploy", request)
 
     def rollback(self, name: str, to_revision: int | None = None) -> pb.Deployment:
@@ -152,12 +158,19 @@ class AdminClient:
     # Tenants and usage
 
     def create_tenant(
-        self, name: str, *, rpm: int = 0, tpm: int = 0, monthly_tokens: int = 0
+        self, name: str, *, rpm: int = 0, tpm: int = 0, monthly_tokens: int = 0, quality_opt_out: bool = False
     ) -> tuple[pb.Tenant, str]:
         """The new tenant and its API key; the key is shown this once (only its hash is stored)."""
-        request = pb.CreateTenantRequest(name=name, rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens)
+        request = pb.CreateTenantRequest(name=name, rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens,
+                                         quality_opt_out=quality_opt_out)
         response = self._call("CreateTenant", request)
         return response.tenant, response.api_key
+
+    def update_tenant(self, name: str, *, quality_opt_out: bool | None = None) -> pb.Tenant:
+        request = pb.UpdateTenantRequest(name=name)
+        if quality_opt_out is not None:
+            request.quality_opt_out = quality_opt_out
+        return self._call("UpdateTenant", request)
 
     def list_tenants(self) -> list[pb.Tenant]:
         return list(self._call("ListTenants", pb.ListTenantsRequest()).tenants)
@@ -168,6 +181,21 @@ class AdminClient:
         if since is not None:
             request.since = since
         return list(self._call("GetUsage", request).rows)
+
+    # Quality
+
+    def get_quality(self, name: str) -> pb.QualityReport:
+        return self._call("GetQuality", pb.GetQualityRequest(name=name))
+
+    def list_quality_samples(self, name: str, *, revision: int | None = None, limit: int = 0) -> list[pb.QualitySample]:
+        """Stored samples, newest first (limit 0: the server's default)."""
+        request = pb.ListQualitySamplesRequest(name=name, limit=limit)
+        if revision is not None:
+            request.revision = revision
+        return list(self._call("ListQualitySamples", request).samples)
+
+    def set_quality_reference(self, name: str, revision: int) -> pb.Deployment:
+        return self._call("SetQualityReference", pb.SetQualityReferenceRequest(name=name, revision=revision))
 
     # Plumbing
 

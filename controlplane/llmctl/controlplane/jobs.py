@@ -11,14 +11,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from llmctl.controlplane.db.models import utcnow
+from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.errors import ControlPlaneError
 from llmctl.controlplane.reconciler import Reconciler
+from llmctl.controlplane.services import quality as quality_service
 
 logger = logging.getLogger("llmctl.controlplane.jobs")
 
 RECONCILE = "reconcile"
 STALE_NODES = "stale-nodes"
+QUALITY_PURGE = "quality-purge"
+QUALITY_PURGE_EVERY_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -28,14 +36,29 @@ class Job:
     run: Callable[[], None]
 
 
-def control_plane_jobs(reconciler: Reconciler, *, reconcile_interval_s: float,
-                       node_timeout_s: float) -> list[Job]:
+def control_plane_jobs(reconciler: Reconciler, *, reconcile_interval_s: float, node_timeout_s: float,
+                       db: sessionmaker[Session] | None = None, quality_retention_s: float | None = None) -> list[Job]:
     """The schedule. The stale-node check runs often enough that a dead node is noticed within about a
-    fifth of node_timeout_s after its deadline passes."""
-    return [
+    fifth of node_timeout_s after its deadline passes. Stored quality samples older than the retention
+    period are purged every QUALITY_PURGE_EVERY_S (or sooner for a shorter retention)."""
+    jobs = [
         Job(STALE_NODES, every_s=max(0.2, min(1.0, node_timeout_s / 5)), run=reconciler.check_stale_nodes),
         Job(RECONCILE, every_s=reconcile_interval_s, run=reconciler.reconcile),
     ]
+    if db is not None and quality_retention_s is not None:
+        retention = quality_retention_s
+        jobs.append(Job(QUALITY_PURGE, every_s=min(QUALITY_PURGE_EVERY_S, max(0.2, retention / 4)),
+                        run=lambda: purge_quality_samples(db, retention)))
+    return jobs
+
+
+def purge_quality_samples(db: sessionmaker[Session], retention_s: float) -> int:
+    """Delete the quality samples stored longer ago than the retention period."""
+    with session_scope(db) as session:
+        purged = quality_service.purge_expired(session, before=utcnow() - timedelta(seconds=retention_s))
+    if purged:
+        logger.info("purged %d quality sample(s) older than %gs", purged, retention_s)
+    return purged
 
 
 class JobRunner:

@@ -17,6 +17,10 @@ permanently (max_failed_starts) or the new revision is not fully ready within ro
 deployment is then rolled back to the revision still serving. When its replicas fail permanently and
 nothing serves to roll back to, no more of them are started until an operator changes the deployment.
 The rules of what to start, stop and where are pure functions in planning.py.
+
+Quality sampling: while a deployment samples answers (sample rate > 0) it also keeps one SCORE replica of
+its quality reference revision, placed like any replica but never routed by the gateway; its URL goes to
+the quality worker instead, and the sample rates to the gateway's sampler.
 """
 
 from __future__ import annotations
@@ -29,16 +33,26 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from llmctl.controlplane.db.models import Deployment, Node, NodeState, Replica, ReplicaState, Revision
+from llmctl.controlplane.db.models import (
+    Deployment,
+    Node,
+    NodeState,
+    Replica,
+    ReplicaRole,
+    ReplicaState,
+    Revision,
+)
 from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.fleet import LIVE_AGENT_STATES, Fleet
 from llmctl.controlplane.gateway.routes import Endpoint, RouteTable
+from llmctl.controlplane.gateway.sampling import SamplingTable
 from llmctl.controlplane.metrics import ControlPlaneMetrics, Snapshot
 from llmctl.controlplane.planning import Member, NodeRoom, place, plan_deployment
 from llmctl.controlplane.proto import llmctl_pb2 as pb
 from llmctl.controlplane.rpc.convert import start_replica
 from llmctl.controlplane.services import deployments as deployments_service
 from llmctl.controlplane.services import nodes as nodes_service
+from llmctl.controlplane.services import quality as quality_service
 from llmctl.controlplane.services.events import record_event
 from llmctl.controlplane.services.replicas import create_replica, update_replica
 
@@ -111,14 +125,16 @@ class _Pass:
     drains: list[str] = field(default_factory=list)
     known: dict[int, tuple[ReplicaState, str | None]] = field(default_factory=dict)
     endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
+    sample_rates: dict[str, float] = field(default_factory=dict)
     gpus: dict[int, str] = field(default_factory=dict)
     snapshot: Snapshot = field(default_factory=Snapshot)
 
 
 class Reconciler:
     def __init__(self, db: sessionmaker[Session], fleet: Fleet, routes: RouteTable, policy: ReconcilePolicy,
-                 metrics: ControlPlaneMetrics) -> None:
+                 metrics: ControlPlaneMetrics, sampling: SamplingTable | None = None) -> None:
         self.db, self.fleet, self.routes, self.policy, self.metrics = db, fleet, routes, policy, metrics
+        self.sampling = sampling if sampling is not None else SamplingTable()
         self._started = time.monotonic()
         self._rollouts: dict[str, Rollout] = {}
         self._unschedulable: set[str] = set()
@@ -165,9 +181,13 @@ class Reconciler:
         for r in rows:
             by_deployment.setdefault(r.deployment_id, []).append(r)
         deployments = deployments_service.list_deployments(session)
+        by_name = {n.name: n for n in nodes}
         for deployment in deployments:
-            self._reconcile_deployment(session, deployment, by_deployment.get(deployment.id, []),
-                                       {n.name: n for n in nodes}, rooms, work)
+            mine = by_deployment.get(deployment.id, [])
+            self._reconcile_deployment(session, deployment, [r for r in mine if r.role == ReplicaRole.SERVE],
+                                       by_name, rooms, work)
+            self._reconcile_scorer(session, deployment, [r for r in mine if r.role == ReplicaRole.SCORE],
+                                   by_name, rooms, work)
         for name in set(self._rollouts) - {d.name for d in deployments}:
             del self._rollouts[name]
         rows = live_replicas(session)  # as decided: new ones in, stopped ones out
@@ -214,7 +234,8 @@ class Reconciler:
                      message=f"gave up on replica {replica.id} of {replica.deployment.name} "
                              f"(revision {replica.revision.number}) after {failures} failed starts: {error}",
                      details={"replica_id": replica.id, "revision": replica.revision.number, "error": error})
-        work.gave_up.setdefault(replica.revision_id, error)
+        if replica.role == ReplicaRole.SERVE:  # a scorer's failure says nothing about the rollout
+            work.gave_up.setdefault(replica.revision_id, error)
         work.stops.append(StopOrder(replica.id, replica.node.name if replica.node else None, drain=False))
         self.metrics.actions.labels("give_up").inc()
         return True
@@ -245,6 +266,26 @@ class Reconciler:
                                        node=nodes[node_name]))
             self.metrics.actions.labels("start").inc()
         self._note_capacity(session, deployment, revision, plan.start - len(placed), rows)
+
+    def _reconcile_scorer(self, session: Session, deployment: Deployment, rows: list[Replica],
+                          nodes: dict[str, Node], rooms: list[NodeRoom], work: _Pass) -> None:
+        """One SCORE replica of the quality reference while the deployment samples and serves."""
+        reference = quality_service.reference_revision(deployment)
+        sampling = deployment.quality_sample_rate > 0 and deployment.desired_replicas > 0
+        work.sample_rates[deployment.name] = deployment.quality_sample_rate if sampling else 0.0
+        wanted = reference if sampling else None
+        members = [Member(r.id, r.revision_id, r.state == ReplicaState.READY,
+                          r.node is not None and r.node.state == NodeState.DRAINING)
+                   for r in rows if r.state != ReplicaState.DRAINING]
+        plan = plan_deployment(1 if wanted is not None else 0, wanted.id if wanted is not None else -1, members)
+        by_id = {r.id: r for r in rows}
+        for replica_id, why in plan.stop:
+            self._stop(session, by_id[replica_id], "quality sampling is off" if wanted is None else why, work)
+        for node_name in place(plan.start, rooms):
+            assert wanted is not None
+            create_replica(session, deployment=deployment, revision=wanted, node=nodes[node_name],
+                           role=ReplicaRole.SCORE)
+            self.metrics.actions.labels("start").inc()
 
     def _track_rollout(self, session: Session, deployment: Deployment, revision: Revision,
                        rows: list[Replica]) -> Rollout:
@@ -366,7 +407,7 @@ class Reconciler:
                 work.gpus[r.id] = r.node.gpus[0]["name"]
             if r.state == ReplicaState.PENDING and node is not None:
                 work.starts.append((node, start_replica(r)))
-            if r.state == ReplicaState.READY and r.url:
+            if r.state == ReplicaState.READY and r.url and r.role == ReplicaRole.SERVE:
                 work.endpoints[r.deployment.name].append(
                     Endpoint(r.id, r.url, r.deployment.name, r.revision.number))
                 if r.revision_id == r.deployment.current_revision_id:
@@ -382,6 +423,7 @@ class Reconciler:
             self.routes.set_endpoints(name, endpoints)
         for name in set(self.routes.deployments()) - set(work.endpoints):
             self.routes.remove(name)
+        self.sampling.replace(work.sample_rates)
 
     def _send(self, work: _Pass) -> None:
         grace = self.policy.drain_grace_s

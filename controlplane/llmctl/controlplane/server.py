@@ -11,6 +11,7 @@ agents report when they reconnect.
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import socket
 import sys
@@ -28,9 +29,11 @@ from prometheus_client import CollectorRegistry
 from llmctl.controlplane.errors import InvalidArgument, Unavailable
 from llmctl.controlplane.fleet import Fleet
 from llmctl.controlplane.gateway.routes import RouteTable
+from llmctl.controlplane.gateway.sampling import QualitySampler, SamplingTable
 from llmctl.controlplane.jobs import RECONCILE, JobRunner, control_plane_jobs
 from llmctl.controlplane.metrics import ControlPlaneMetrics
 from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
+from llmctl.controlplane.quality.worker import QUEUE_SIZE, QualityWorker
 from llmctl.controlplane.reconciler import ReconcilePolicy, Reconciler
 from llmctl.controlplane.rpc.admin import AdminServicer
 from llmctl.controlplane.rpc.agents import AgentServicer
@@ -69,6 +72,8 @@ class ServerConfig:
     reconcile_interval_s: float = 1.0
     price_table: str | None = None
     """JSON file of GPU prices per hour for the gateway's cost accounting."""
+    quality_retention_s: float = 7 * 24 * 3600.0
+    """Stored quality samples (prompts and answers) are purged this long after they were sampled."""
     home: Path | None = None
     """$LLMCTL_HOME override (tests)."""
 
@@ -78,7 +83,8 @@ class ServerConfig:
             if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
                 raise InvalidArgument(
                     f"{name} must be a port number 0-65535 (0: any free port), got {port!r}")
-        for name in ("node_timeout_s", "rollout_timeout_s", "heartbeat_interval_s", "reconcile_interval_s"):
+        for name in ("node_timeout_s", "rollout_timeout_s", "heartbeat_interval_s", "reconcile_interval_s",
+                     "quality_retention_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise InvalidArgument(f"{name} must be a positive number of seconds, got {value!r}")
@@ -102,6 +108,9 @@ class ControlPlane:
         self.routes = RouteTable()
         self.fleet = Fleet()
         self.registry = CollectorRegistry(auto_describe=False)
+        self.sampling = SamplingTable()
+        self.sampler = QualitySampler(self.sampling, queue.Queue(QUEUE_SIZE), registry=self.registry)
+        self.quality: QualityWorker | None = None
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._engine: Any = None
@@ -132,19 +141,24 @@ class ControlPlane:
             metrics = ControlPlaneMetrics(self.registry, self.fleet)
             policy = ReconcilePolicy(node_timeout_s=config.node_timeout_s,
                                      rollout_timeout_s=config.rollout_timeout_s)
-            self.reconciler = reconciler = Reconciler(db, self.fleet, self.routes, policy, metrics)
+            self.reconciler = reconciler = Reconciler(db, self.fleet, self.routes, policy, metrics,
+                                                      sampling=self.sampling)
             jobs = control_plane_jobs(reconciler, reconcile_interval_s=config.reconcile_interval_s,
-                                      node_timeout_s=config.node_timeout_s)
+                                      node_timeout_s=config.node_timeout_s, db=db,
+                                      quality_retention_s=config.quality_retention_s)
             runner = self._jobs = JobRunner(jobs)
 
             def poke() -> None:  # something changed: reconcile now, not at the next tick
                 runner.wake(RECONCILE)
+
+            self.quality = QualityWorker(db, self.sampler, on_rollback=poke, registry=self.registry)
 
             # Routes from SQL before anything listens, so the gateway serves from its first request.
             reconciler.reconcile()
             self._start_grpc(db, poke)
             self._start_gateway(db)
             self._jobs.start()
+            self.quality.start()
         except BaseException:
             self.stop(grace_s=0)
             raise
@@ -184,7 +198,8 @@ class ControlPlane:
         pricing = PriceTable.from_file(config.price_table) if config.price_table else PriceTable()
         assert self.reconciler is not None
         app = build_gateway_app(routes=self.routes, db_factory=db, pricing=pricing,
-                                gpu_of=self.reconciler.gpu_of, metrics_registry=self.registry)
+                                gpu_of=self.reconciler.gpu_of, metrics_registry=self.registry,
+                                sampler=self.sampler)
         family = socket.AF_INET6 if ":" in config.gateway_host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -215,6 +230,8 @@ class ControlPlane:
         self._stopping.set()
         if self._jobs is not None:
             self._jobs.stop()
+        if self.quality is not None:
+            self.quality.stop()
         # New calls are refused from here; agent streams end now rather than at the grace deadline.
         grpc_stopped = self._grpc.stop(grace_s) if self._grpc is not None else None
         self.fleet.close_all()

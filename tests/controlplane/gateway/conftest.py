@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,30 +21,9 @@ from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.gateway.routes import Endpoint, RouteTable
 from llmctl.controlplane.services import tenants
 from tests.factories import make_tiny_llama
+from tests.factories import serve_app as _serve
 
 CONTEXT = 4096  # long enough that a held-open stream is still generating when the test looks at it
-
-
-@contextmanager
-def _serve(app: Any, **config: Any) -> Iterator[str]:
-    """Run an ASGI app under uvicorn in a thread on a free loopback port; yields its base URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **config))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 @pytest.fixture(scope="session")

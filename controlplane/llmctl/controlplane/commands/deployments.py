@@ -39,6 +39,8 @@ from llmctl.controlplane.commands.render import (
     config_changes,
     deployment_dict,
     number,
+    quality_policy_dict,
+    quality_policy_text,
     revision_dict,
     value_text,
     when,
@@ -105,6 +107,21 @@ def deploy(
             "--engine-config", help="The whole EngineConfig as a JSON object, instead of the engine flags"
         ),
     ] = None,
+    quality_sample_rate: Annotated[
+        float | None,
+        typer.Option("--quality-sample-rate", help="Fraction of answers scored against the quality reference "
+                                                   "(0 = off; default: unchanged, 0.01 for a new deployment)"),
+    ] = None,
+    quality_auto_rollback: Annotated[
+        bool | None,
+        typer.Option("--quality-auto-rollback/--no-quality-auto-rollback",
+                     help="Roll back when the current revision's quality turns degraded (default: unchanged)"),
+    ] = None,
+    quality_threshold: Annotated[
+        float | None,
+        typer.Option("--quality-threshold", help="Tolerated drop of the reference's mean log-likelihood per "
+                                                 "answer token, in nats (default: unchanged)"),
+    ] = None,
     wait: Wait = True,
     timeout: WaitTimeout = DEFAULT_WAIT_TIMEOUT_S,
     output: OutputOpt = Output.table,
@@ -125,9 +142,14 @@ def deploy(
     _validate(name, model, flags)
     if replicas is not None and replicas < 0:
         fail(f"--replicas must be >= 0, got {replicas}")
+    if quality_sample_rate is not None and not 0 <= quality_sample_rate <= 1:
+        fail(f"--quality-sample-rate must be in [0, 1] (0 = off), got {quality_sample_rate:g}")
+    if quality_threshold is not None and not quality_threshold > 0:
+        fail(f"--quality-threshold must be > 0 nats per token, got {quality_threshold:g}")
     with admin_client(control_plane, admin_token) as client:
         after = client.last_event_id(deployment=name) if wait else 0
-        response = client.deploy(name, model, flags, replicas)
+        response = client.deploy(name, model, flags, replicas, quality_sample_rate=quality_sample_rate,
+                                 quality_auto_rollback=quality_auto_rollback, quality_threshold=quality_threshold)
         deployment = response.deployment
         verb = "rolling out new revision" if response.created_revision else "unchanged at revision"
         if output == Output.table:
@@ -184,6 +206,9 @@ def revisions(
     """List a deployment's revisions and the engine-config keys that differ between two of them."""
     with admin_client(control_plane, admin_token) as client:
         found = client.list_revisions(name)
+        report = client.get_quality(name)
+    judged = {r.revision: r for r in report.revisions}
+    policy = quality_policy_dict(report.policy)
     by_number = {r.number: r for r in found}
     pair = diff or _default_pair(found)
     compared = None
@@ -201,13 +226,17 @@ def revisions(
             ),
         }
     if output == Output.json:
-        print_json({"deployment": name, "revisions": [revision_dict(r) for r in found], "diff": compared})
+        listed = [{**revision_dict(r), "quality": {"state": q.state, "samples": q.samples}
+                   if (q := judged.get(r.number)) is not None else None} for r in found]
+        print_json({"deployment": name, "revisions": listed, "quality": policy, "diff": compared})
         return
+    typer.echo(quality_policy_text(policy))
     print_table(
         f"{name}: revisions",
-        ["REV", "CURRENT", "MODEL", "CREATED", "BY", "REASON"],
+        ["REV", "CURRENT", "MODEL", "QUALITY", "CREATED", "BY", "REASON"],
         [
-            [r.number, "*" if r.current else "", r.model, when(r.created_at), r.created_by, r.reason]
+            [r.number, "*" if r.current else "", r.model, _quality_cell(judged.get(r.number)),
+             when(r.created_at), r.created_by, r.reason]
             for r in found
         ],
     )
@@ -241,13 +270,14 @@ def status(
             return
         print_table(
             None,
-            ["NAME", "MODEL", "REV", "READY", "QUANT", "KV", "REQ/S", "TTFT P95", "TOK/S", "QUEUE"],
+            ["NAME", "MODEL", "REV", "READY", "QUALITY", "QUANT", "KV", "REQ/S", "TTFT P95", "TOK/S", "QUEUE"],
             [
                 [
                     d.name,
                     d.model,
                     d.revision,
                     f"{d.ready_replicas}/{d.desired_replicas}",
+                    d.quality_state or "ok",
                     d.weight_quantization or None,
                     d.kv_cache_dtype or None,
                     *_stats_cells(deployment_dict(d)["stats"]),
@@ -259,8 +289,9 @@ def status(
     d = deployment_dict(found[0])
     typer.echo(
         f"{d['name']}: {d['model']} revision {d['revision']}, "
-        f"{d['ready_replicas']}/{d['desired_replicas']} replicas ready"
+        f"{d['ready_replicas']}/{d['desired_replicas']} replicas ready, quality {d['quality_state']}"
     )
+    typer.echo(f"  {quality_policy_text(d['quality'])}")
     req_s, ttft, tok_s, queue = _stats_cells(d["stats"])
     kv = number(d["stats"]["kv_cache_usage"] and 100 * d["stats"]["kv_cache_usage"], 0, "%")
     typer.echo(
@@ -270,9 +301,9 @@ def status(
     if d["replicas"]:
         print_table(
             None,
-            ["REPLICA", "NODE", "REV", "STATE", "URL", "RESTARTS", "ERROR"],
+            ["REPLICA", "ROLE", "NODE", "REV", "STATE", "URL", "RESTARTS", "ERROR"],
             [
-                [r["id"], r["node"], r["revision"], r["state"], r["url"], r["restarts"], r["error"]]
+                [r["id"], r["role"], r["node"], r["revision"], r["state"], r["url"], r["restarts"], r["error"]]
                 for r in d["replicas"]
             ],
         )
@@ -368,3 +399,10 @@ def _default_pair(found: list[Any]) -> tuple[int, int] | None:
     if earlier:
         return max(earlier), current
     return (current, min(later)) if later else None
+
+
+def _quality_cell(judged: Any) -> str | None:
+    """A revision's quality judgement and sample count, for listings; None before any sample."""
+    if judged is None:
+        return None
+    return f"{judged.state} ({judged.samples} scored)"

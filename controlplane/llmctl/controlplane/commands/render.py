@@ -39,6 +39,7 @@ def replica_dict(replica: Any) -> dict[str, Any]:
         "revision": replica.revision,
         "error": replica.error or None,
         "restarts": replica.restarts,
+        "role": replica.role or "serve",
     }
 
 
@@ -59,7 +60,28 @@ def deployment_dict(deployment: Any) -> dict[str, Any]:
         "stats": {field: _optional(deployment.stats, field) for field in STAT_FIELDS},
         "created_at": deployment.created_at,
         "updated_at": deployment.updated_at,
+        "quality": quality_policy_dict(deployment.quality),
+        "quality_state": deployment.quality_state or "ok",
     }
+
+
+def quality_policy_dict(policy: Any) -> dict[str, Any]:
+    return {
+        "sample_rate": policy.sample_rate,
+        "auto_rollback": policy.auto_rollback,
+        "threshold": policy.threshold,
+        "reference_revision": policy.reference_revision or None,
+    }
+
+
+def quality_policy_text(policy: dict[str, Any]) -> str:
+    if not policy["sample_rate"]:
+        return "quality sampling off"
+    reference = policy["reference_revision"]
+    return (f"quality sampling {100 * policy['sample_rate']:g}% of answers, judged against "
+            + (f"revision {reference}" if reference else "no reference (no unquantized revision)")
+            + f", tolerance {policy['threshold']:g} nats/token, auto-rollback "
+            + ("on" if policy["auto_rollback"] else "off"))
 
 
 def revision_dict(revision: Any) -> dict[str, Any]:
@@ -131,6 +153,7 @@ def tenant_dict(tenant: Any) -> dict[str, Any]:
         "rpm": tenant.rpm,
         "tpm": tenant.tpm,
         "monthly_tokens": tenant.monthly_tokens,
+        "quality_opt_out": tenant.quality_opt_out,
         "created_at": tenant.created_at,
     }
 

@@ -19,6 +19,12 @@ from llmctl.controlplane.commands.common import (
 )
 from llmctl.controlplane.commands.render import limit, tenant_dict, usage_dict, when
 
+QualityOptOut = Annotated[
+    bool,
+    typer.Option("--quality-opt-out/--quality-opt-in",
+                 help="Never store this tenant's requests and answers as quality samples"),
+]
+
 tenants_app = typer.Typer(
     help="Tenants of the gateway: API keys, rate limits, token budgets.", no_args_is_help=True
 )
@@ -37,6 +43,7 @@ def create(
     monthly_tokens: Annotated[
         int, typer.Option("--monthly-tokens", help="Token budget per calendar month; 0 = unlimited")
     ] = 0,
+    quality_opt_out: QualityOptOut = False,
     output: OutputOpt = Output.table,
     control_plane: ControlPlaneOpt = None,
     admin_token: AdminTokenOpt = None,
@@ -46,7 +53,8 @@ def create(
         if value < 0:
             fail(f"{flag} must be >= 0 (0 = unlimited), got {value}")
     with admin_client(control_plane, admin_token) as client:
-        tenant, api_key = client.create_tenant(name, rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens)
+        tenant, api_key = client.create_tenant(name, rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens,
+                                               quality_opt_out=quality_opt_out)
     if output == Output.json:
         print_json({"tenant": tenant_dict(tenant), "api_key": api_key})
         return
@@ -55,6 +63,30 @@ def create(
         f"monthly tokens {limit(tenant.monthly_tokens)})"
     )
     typer.echo(f"API key (shown once, store it now): {api_key}")
+
+
+@tenants_app.command("update")
+def update(
+    name: Annotated[str, typer.Argument(help="Tenant name")],
+    quality_opt_out: Annotated[
+        bool | None,
+        typer.Option("--quality-opt-out/--quality-opt-in",
+                     help="Stop (and delete) or allow storing this tenant's requests as quality samples"),
+    ] = None,
+    output: OutputOpt = Output.table,
+    control_plane: ControlPlaneOpt = None,
+    admin_token: AdminTokenOpt = None,
+) -> None:
+    """Change a tenant's settings; opting out of quality sampling deletes its stored samples."""
+    if quality_opt_out is None:
+        fail("nothing to change: give --quality-opt-out or --quality-opt-in")
+    with admin_client(control_plane, admin_token) as client:
+        tenant = client.update_tenant(name, quality_opt_out=quality_opt_out)
+    if output == Output.json:
+        print_json(tenant_dict(tenant))
+        return
+    typer.echo(f"tenant {tenant.name}: " + ("opted out of" if tenant.quality_opt_out else "opted in to")
+               + " quality sampling")
 
 
 @tenants_app.command("list")
@@ -74,9 +106,10 @@ def list_(
         return
     print_table(
         None,
-        ["TENANT", "RPM", "TPM", "MONTHLY TOKENS", "CREATED"],
+        ["TENANT", "RPM", "TPM", "MONTHLY TOKENS", "QUALITY SAMPLING", "CREATED"],
         [
-            [t["name"], limit(t["rpm"]), limit(t["tpm"]), limit(t["monthly_tokens"]), when(t["created_at"])]
+            [t["name"], limit(t["rpm"]), limit(t["tpm"]), limit(t["monthly_tokens"]),
+             "opted out" if t["quality_opt_out"] else "yes", when(t["created_at"])]
             for t in found
         ],
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Double,
     Enum,
@@ -83,6 +84,25 @@ class ReplicaState(enum.StrEnum):
     FAILED = "failed"
 
 
+class ReplicaRole(enum.StrEnum):
+    SERVE = "serve"
+    """Routed by the gateway: a replica of the deployment's current (or a still-serving) revision."""
+    SCORE = "score"
+    """Never routed: the deployment's quality reference, which scores sampled answers."""
+
+
+class QualityState(enum.StrEnum):
+    OK = "ok"
+    WATCH = "watch"
+    DEGRADED = "degraded"
+
+
+class SampleStatus(enum.StrEnum):
+    PENDING = "pending"
+    SCORED = "scored"
+    FAILED = "failed"
+
+
 def _string_enum(enum_class: type[enum.StrEnum], name: str) -> Enum:
     # Stored as plain strings with a CHECK, so adding a state later is a one-line migration everywhere.
     return Enum(
@@ -138,6 +158,16 @@ class Deployment(Base):
     version: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    quality_sample_rate: Mapped[float] = mapped_column(Double, default=0.01)
+    """Fraction of the gateway's answers that are stored and scored against the reference; 0 turns it off."""
+    quality_auto_rollback: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Roll back to the newest earlier revision judged `ok` when the current one turns `degraded`."""
+    quality_threshold: Mapped[float] = mapped_column(Double, default=0.1)
+    """The tolerated drop of the reference's mean log-likelihood per answer token (nats) before alarm."""
+    quality_reference_revision_id: Mapped[int | None] = mapped_column(
+        ForeignKey("revisions.id", use_alter=True), default=None
+    )
+    """The revision answers are judged against; None: the first revision without weight quantization."""
 
     # Every UPDATE/DELETE checks and bumps `version`: a writer holding a stale copy gets StaleDataError.
     __mapper_args__ = {"version_id_col": version}
@@ -145,6 +175,9 @@ class Deployment(Base):
     # post_update: the pointer is written in a second UPDATE after the revision row exists.
     current_revision: Mapped[Revision | None] = relationship(
         foreign_keys=[current_revision_id], post_update=True
+    )
+    quality_reference_revision: Mapped[Revision | None] = relationship(
+        foreign_keys=[quality_reference_revision_id], post_update=True
     )
     revisions: Mapped[list[Revision]] = relationship(
         back_populates="deployment",
@@ -200,6 +233,7 @@ class Replica(Base):
     revision_id: Mapped[int] = mapped_column(ForeignKey("revisions.id", ondelete="CASCADE"))
     node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"), index=True)
     state: Mapped[ReplicaState] = mapped_column(_string_enum(ReplicaState, "replica_state"))
+    role: Mapped[ReplicaRole] = mapped_column(_string_enum(ReplicaRole, "replica_role"), default=ReplicaRole.SERVE)
     url: Mapped[str | None] = mapped_column(String(512))
     error: Mapped[str | None] = mapped_column(Text)
     restarts: Mapped[int] = mapped_column(default=0)
@@ -236,6 +270,8 @@ class Tenant(Base):
     rpm: Mapped[int] = mapped_column(default=0)
     tpm: Mapped[int] = mapped_column(default=0)
     monthly_tokens: Mapped[int] = mapped_column(default=0)
+    quality_opt_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Never store this tenant's requests or answers as quality samples."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
@@ -269,3 +305,53 @@ class UsageRecord(Base):
     prompt_tokens: Mapped[int]
     completion_tokens: Mapped[int]
     cost_usd: Mapped[float] = mapped_column(Double)
+
+
+class QualitySample(Base):
+    """One sampled answer and its scores under the deployment's reference.
+
+    mean_logprob / top1: the reference's mean log-likelihood per token of the served answer given the same
+    prompt, and the fraction of its tokens that are the reference's top-1 choice. baseline_*: the same two
+    scores for the answer the reference itself gives to the same prompt with the same sampling parameters.
+    """
+
+    __tablename__ = "quality_samples"
+    __table_args__ = (Index("ix_quality_samples_deployment_id_revision", "deployment_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    revision: Mapped[int]
+    """The number of the revision whose replica answered."""
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id", ondelete="SET NULL"))
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """"chat" or "completion"."""
+    request: Mapped[dict[str, Any]]
+    """messages or prompt, and the sampling parameters, as the client sent them."""
+    answer: Mapped[str] = mapped_column(Text)
+    answer_token_ids: Mapped[list[int] | None] = mapped_column(JSON, default=None)
+    """The answer as the reference's tokenizer encodes it (what was scored)."""
+    status: Mapped[SampleStatus] = mapped_column(_string_enum(SampleStatus, "sample_status"))
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    mean_logprob: Mapped[float | None] = mapped_column(Double, default=None)
+    top1: Mapped[float | None] = mapped_column(Double, default=None)
+    baseline_mean_logprob: Mapped[float | None] = mapped_column(Double, default=None)
+    baseline_top1: Mapped[float | None] = mapped_column(Double, default=None)
+    scored_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class RevisionQuality(Base):
+    """The quality judgement of one revision of a deployment, and the samples it lost."""
+
+    __tablename__ = "revision_quality"
+    __table_args__ = (UniqueConstraint("deployment_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    revision: Mapped[int]
+    state: Mapped[QualityState] = mapped_column(_string_enum(QualityState, "quality_state"))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dropped: Mapped[int] = mapped_column(default=0)
+    """Sampled answers that were never scored: the queue was full, or the scorer failed or was missing."""
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """The last judgement's numbers (window sizes, statistics, p-values)."""

@@ -8,7 +8,6 @@ the answer, and /v1/usage waits for the caller's own pending rows so a tenant al
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from llmctl.controlplane.gateway.proxy import RelayStream, open_upstream, relay
 from llmctl.controlplane.gateway.ratelimit import RateLimited, RateLimiter
 from llmctl.controlplane.gateway.routes import RouteTable
 from llmctl.controlplane.gateway.routing import ModelNotFound, Router, prompt_key
+from llmctl.controlplane.gateway.sampling import QualitySampler, parse_json
 from llmctl.controlplane.gateway.wire import (
     UsageFilter,
     client_wants_usage,
@@ -49,7 +49,8 @@ class Gateway:
 
     def __init__(self, *, routes: RouteTable, db_factory: Any, limiter: RateLimiter, pricing: PriceTable,
                  gpu_of: Callable[[int], str | None], client: httpx.AsyncClient | None,
-                 affinity_prefix_chars: int, load_margin: int, metrics_registry: CollectorRegistry | None):
+                 affinity_prefix_chars: int, load_margin: int, metrics_registry: CollectorRegistry | None,
+                 sampler: QualitySampler | None = None):
         if affinity_prefix_chars < 1:
             raise InvalidArgument(f"affinity_prefix_chars must be >= 1, got {affinity_prefix_chars}")
         self.routes, self.limiter, self.pricing, self.gpu_of = routes, limiter, pricing, gpu_of
@@ -58,6 +59,7 @@ class Gateway:
         self.metrics = GatewayMetrics(routes, metrics_registry)
         self.affinity_prefix_chars = affinity_prefix_chars
         self.client = client
+        self.sampler = sampler
         self.created = int(time.time())
 
     async def handle(self, request: Request, kind: str, path: str) -> Response:
@@ -90,21 +92,34 @@ class Gateway:
                 self.limiter.settle(admission, 0)
             raise
         bill = Bill(tenant, model, admission, upstream, arrived, estimate_prompt_tokens(kind, body))
+        sampled = self.sampler is not None and self.sampler.draw(model, tenant.quality_opt_out)
         if upstream.rest is not None:
             def on_end(status: int, seen: UsageFilter) -> None:
                 # A stream that ended without its usage chunk (the client left, the replica broke) is billed
                 # at the prompt estimate plus one token per content chunk relayed.
                 self.finish(bill, status, seen.usage or {"prompt_tokens": bill.prompt_estimate,
                                                          "completion_tokens": seen.content_chunks})
+                if sampled and status == 200 and seen.usage is not None and seen.texts is not None:
+                    self.sample(bill, kind, body, None, "".join(seen.texts))
 
-            return RelayStream(relay(upstream, client_wants_usage(body), on_end),
+            return RelayStream(relay(upstream, client_wants_usage(body), on_end, collect_text=sampled),
                                media_type="text/event-stream", headers={"cache-control": "no-cache"})
         await upstream.close()
-        usage = _usage_of(upstream.content) if upstream.status == 200 else None
+        answer = parse_json(upstream.content) if upstream.status == 200 else None
+        usage = _usage_of(answer)
         if usage is None and upstream.status == 200:
             usage = {"prompt_tokens": bill.prompt_estimate, "completion_tokens": 0}
         self.finish(bill, upstream.status, usage)
+        if sampled and answer is not None:
+            self.sample(bill, kind, body, answer, None)
         return Response(upstream.content, status_code=upstream.status, media_type=upstream.media_type)
+
+    def sample(self, bill: Bill, kind: str, body: dict[str, Any], answer: dict[str, Any] | None,
+               text: str | None) -> None:
+        """Hand a sampled, answered request to the quality worker (never blocks)."""
+        assert self.sampler is not None
+        self.sampler.offer(kind, body, answer, text, deployment=bill.deployment,
+                           revision=bill.upstream.endpoint.revision, tenant_id=bill.tenant.tenant_id)
 
     def finish(self, bill: Bill, status: int, usage: dict[str, Any] | None) -> None:
         """Account for an answered request: metrics, the tenant's tpm bucket, its usage row."""
@@ -124,11 +139,8 @@ class Gateway:
         return {"id": name, "object": "model", "created": self.created, "owned_by": "llmctl"}
 
 
-def _usage_of(content: bytes) -> dict[str, Any] | None:
-    try:
-        usage = json.loads(content).get("usage")
-    except (ValueError, AttributeError):
-        return None
+def _usage_of(answer: dict[str, Any] | None) -> dict[str, Any] | None:
+    usage = answer.get("usage") if answer is not None else None
     return usage if isinstance(usage, dict) else None
 
 
@@ -142,12 +154,13 @@ def _tokens(usage: dict[str, Any] | None) -> tuple[int, int]:
 def build_gateway_app(*, routes: RouteTable, db_factory: Any, limiter: RateLimiter | None = None,
                       pricing: PriceTable | None = None, gpu_of: Callable[[int], str | None] | None = None,
                       client: httpx.AsyncClient | None = None, affinity_prefix_chars: int = 256,
-                      load_margin: int = 4, metrics_registry: CollectorRegistry | None = None) -> FastAPI:
+                      load_margin: int = 4, metrics_registry: CollectorRegistry | None = None,
+                      sampler: QualitySampler | None = None) -> FastAPI:
     """The gateway app. Without `client` it makes its own for its lifespan (and closes it after)."""
     gw = Gateway(routes=routes, db_factory=db_factory, limiter=limiter or RateLimiter(),
                  pricing=pricing or PriceTable(), gpu_of=gpu_of or (lambda _replica_id: None), client=client,
                  affinity_prefix_chars=affinity_prefix_chars, load_margin=load_margin,
-                 metrics_registry=metrics_registry)
+                 metrics_registry=metrics_registry, sampler=sampler)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

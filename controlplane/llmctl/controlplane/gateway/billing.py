@@ -76,7 +76,8 @@ class TenantStore:
     def _authenticate(self, key: str) -> tuple[TenantLimits, int | None]:
         with session_scope(self.db_factory) as session:
             tenant = tenants.authenticate(session, key)
-            limits = TenantLimits(tenant.id, tenant.name, tenant.rpm, tenant.tpm, tenant.monthly_tokens)
+            limits = TenantLimits(tenant.id, tenant.name, tenant.rpm, tenant.tpm, tenant.monthly_tokens,
+                                  tenant.quality_opt_out)
             used = None
             if limits.monthly_tokens and self.limiter.budget_stale(limits.tenant_id):
                 used = tenants.tokens_used_in_month(session, tenant_id=limits.tenant_id, now=self._now())

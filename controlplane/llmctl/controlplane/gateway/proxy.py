@@ -122,15 +122,16 @@ class RelayStream(StreamingResponse):
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
-async def relay(upstream: Upstream, forward_usage: bool,
-                on_end: Callable[[int, UsageFilter], None]) -> AsyncIterator[bytes]:
+async def relay(upstream: Upstream, forward_usage: bool, on_end: Callable[[int, UsageFilter], None], *,
+                collect_text: bool = False) -> AsyncIterator[bytes]:
     """The SSE bytes of a stream as they arrive, minus the usage chunk the client did not ask for.
 
     on_end(status, filter) runs once when the stream ends for any reason; status is 200, or 502 when the
-    replica broke mid-stream (the client then gets an error event and [DONE]).
+    replica broke mid-stream (the client then gets an error event and [DONE]). With collect_text the filter
+    keeps the content deltas (a quality sample's answer).
     """
     assert upstream.rest is not None
-    seen, status = UsageFilter(forward_usage), 200
+    seen, status = UsageFilter(forward_usage, collect_text), 200
     try:
         if out := seen.feed(upstream.first):
             yield out

@@ -37,6 +37,8 @@ class TenantLimits:
     rpm: int = 0
     tpm: int = 0
     monthly_tokens: int = 0
+    quality_opt_out: bool = False
+    """The tenant's requests are never sampled for quality scoring."""
 
 
 class RateLimited(ResourceExhausted):

@@ -118,10 +118,12 @@ class UsageFilter:
     have got without include_usage: no final usage-only chunk and no `"usage": null` on every chunk.
     """
 
-    def __init__(self, forward_usage: bool) -> None:
+    def __init__(self, forward_usage: bool, collect_text: bool = False) -> None:
         self.forward_usage = forward_usage
         self.usage: dict[str, Any] | None = None
         self.content_chunks = 0
+        self.texts: list[str] | None = [] if collect_text else None
+        """The content deltas of the first choice, when asked to collect them (a quality sample)."""
         self._pending = b""
 
     def feed(self, data: bytes) -> bytes:
@@ -148,6 +150,8 @@ class UsageFilter:
             delta = choices[0].get("delta")
             text = choices[0].get("text") or (delta.get("content") if isinstance(delta, dict) else None)
             self.content_chunks += bool(text)
+            if self.texts is not None and isinstance(text, str) and choices[0].get("index", 0) == 0:
+                self.texts.append(text)
         if self.forward_usage or "usage" not in obj:
             return event + b"\n\n"
         if choices == [] and obj["usage"]:

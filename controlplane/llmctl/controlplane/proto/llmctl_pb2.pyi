@@ -255,7 +255,7 @@ class ReplicaStats(_message.Message):
     def __init__(self, replica_id: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., kv_cache_usage: _Optional[float] = ..., ttft_p50_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., tpot_p50_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., requests_total: _Optional[int] = ..., prompt_tokens_total: _Optional[int] = ..., generation_tokens_total: _Optional[int] = ...) -> None: ...
 
 class Replica(_message.Message):
-    __slots__ = ("id", "node", "state", "url", "revision", "error", "restarts")
+    __slots__ = ("id", "node", "state", "url", "revision", "error", "restarts", "role")
     ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +263,7 @@ class Replica(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     id: int
     node: str
     state: ReplicaState
@@ -270,7 +271,8 @@ class Replica(_message.Message):
     revision: int
     error: str
     restarts: int
-    def __init__(self, id: _Optional[int] = ..., node: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., url: _Optional[str] = ..., revision: _Optional[int] = ..., error: _Optional[str] = ..., restarts: _Optional[int] = ...) -> None: ...
+    role: str
+    def __init__(self, id: _Optional[int] = ..., node: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., url: _Optional[str] = ..., revision: _Optional[int] = ..., error: _Optional[str] = ..., restarts: _Optional[int] = ..., role: _Optional[str] = ...) -> None: ...
 
 class DeploymentStats(_message.Message):
     __slots__ = ("requests_per_s", "ttft_p95_s", "tokens_per_s", "kv_cache_usage", "queue_depth", "ttft_p50_s", "tpot_p50_s")
@@ -291,7 +293,7 @@ class DeploymentStats(_message.Message):
     def __init__(self, requests_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., queue_depth: _Optional[float] = ..., ttft_p50_s: _Optional[float] = ..., tpot_p50_s: _Optional[float] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model", "revision", "desired_replicas", "ready_replicas", "engine_config_json", "weight_quantization", "kv_cache_dtype", "replicas", "stats", "created_at", "updated_at")
+    __slots__ = ("name", "model", "revision", "desired_replicas", "ready_replicas", "engine_config_json", "weight_quantization", "kv_cache_dtype", "replicas", "stats", "created_at", "updated_at", "quality", "quality_state")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +306,8 @@ class Deployment(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_STATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     revision: int
@@ -316,7 +320,21 @@ class Deployment(_message.Message):
     stats: DeploymentStats
     created_at: float
     updated_at: float
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., engine_config_json: _Optional[str] = ..., weight_quantization: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., stats: _Optional[_Union[DeploymentStats, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    quality: QualityPolicy
+    quality_state: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., engine_config_json: _Optional[str] = ..., weight_quantization: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., stats: _Optional[_Union[DeploymentStats, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., quality: _Optional[_Union[QualityPolicy, _Mapping]] = ..., quality_state: _Optional[str] = ...) -> None: ...
+
+class QualityPolicy(_message.Message):
+    __slots__ = ("sample_rate", "auto_rollback", "threshold", "reference_revision")
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    sample_rate: float
+    auto_rollback: bool
+    threshold: float
+    reference_revision: int
+    def __init__(self, sample_rate: _Optional[float] = ..., auto_rollback: _Optional[bool] = ..., threshold: _Optional[float] = ..., reference_revision: _Optional[int] = ...) -> None: ...
 
 class Revision(_message.Message):
     __slots__ = ("number", "model", "engine_config_json", "created_at", "created_by", "reason", "current")
@@ -381,18 +399,20 @@ class Event(_message.Message):
     def __init__(self, id: _Optional[int] = ..., at: _Optional[float] = ..., kind: _Optional[str] = ..., deployment: _Optional[str] = ..., node: _Optional[str] = ..., actor: _Optional[str] = ..., message: _Optional[str] = ..., details_json: _Optional[str] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("name", "rpm", "tpm", "monthly_tokens", "created_at")
+    __slots__ = ("name", "rpm", "tpm", "monthly_tokens", "created_at", "quality_opt_out")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RPM_FIELD_NUMBER: _ClassVar[int]
     TPM_FIELD_NUMBER: _ClassVar[int]
     MONTHLY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     rpm: int
     tpm: int
     monthly_tokens: int
     created_at: float
-    def __init__(self, name: _Optional[str] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., monthly_tokens: _Optional[int] = ..., created_at: _Optional[float] = ...) -> None: ...
+    quality_opt_out: bool
+    def __init__(self, name: _Optional[str] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., monthly_tokens: _Optional[int] = ..., created_at: _Optional[float] = ..., quality_opt_out: _Optional[bool] = ...) -> None: ...
 
 class UsageRow(_message.Message):
     __slots__ = ("deployment", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
@@ -425,16 +445,22 @@ class GetDeploymentRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DeployRequest(_message.Message):
-    __slots__ = ("name", "model", "engine_config_json", "replicas")
+    __slots__ = ("name", "model", "engine_config_json", "replicas", "quality_sample_rate", "quality_auto_rollback", "quality_threshold")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENGINE_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_AUTO_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     engine_config_json: str
     replicas: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., engine_config_json: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
+    quality_sample_rate: float
+    quality_auto_rollback: bool
+    quality_threshold: float
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., engine_config_json: _Optional[str] = ..., replicas: _Optional[int] = ..., quality_sample_rate: _Optional[float] = ..., quality_auto_rollback: _Optional[bool] = ..., quality_threshold: _Optional[float] = ...) -> None: ...
 
 class DeployResponse(_message.Message):
     __slots__ = ("deployment", "revision", "created_revision")
@@ -533,16 +559,18 @@ class WatchEventsRequest(_message.Message):
     def __init__(self, after_id: _Optional[int] = ..., deployment: _Optional[str] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("name", "rpm", "tpm", "monthly_tokens")
+    __slots__ = ("name", "rpm", "tpm", "monthly_tokens", "quality_opt_out")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RPM_FIELD_NUMBER: _ClassVar[int]
     TPM_FIELD_NUMBER: _ClassVar[int]
     MONTHLY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     rpm: int
     tpm: int
     monthly_tokens: int
-    def __init__(self, name: _Optional[str] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., monthly_tokens: _Optional[int] = ...) -> None: ...
+    quality_opt_out: bool
+    def __init__(self, name: _Optional[str] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., monthly_tokens: _Optional[int] = ..., quality_opt_out: _Optional[bool] = ...) -> None: ...
 
 class CreateTenantResponse(_message.Message):
     __slots__ = ("tenant", "api_key")
@@ -562,6 +590,14 @@ class ListTenantsResponse(_message.Message):
     tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
     def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...
 
+class UpdateTenantRequest(_message.Message):
+    __slots__ = ("name", "quality_opt_out")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    quality_opt_out: bool
+    def __init__(self, name: _Optional[str] = ..., quality_opt_out: _Optional[bool] = ...) -> None: ...
+
 class GetUsageRequest(_message.Message):
     __slots__ = ("tenant", "since")
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -575,3 +611,111 @@ class GetUsageResponse(_message.Message):
     ROWS_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
     def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ...) -> None: ...
+
+class GetQualityRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Interval(_message.Message):
+    __slots__ = ("mean", "low", "high")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    mean: float
+    low: float
+    high: float
+    def __init__(self, mean: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
+class RevisionQuality(_message.Message):
+    __slots__ = ("revision", "samples", "pending", "dropped", "state", "mean_logprob", "top1", "baseline_mean_logprob", "baseline_top1", "details_json", "trend", "current")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    TOP1_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_MEAN_LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_TOP1_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TREND_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    samples: int
+    pending: int
+    dropped: int
+    state: str
+    mean_logprob: Interval
+    top1: Interval
+    baseline_mean_logprob: Interval
+    baseline_top1: Interval
+    details_json: str
+    trend: _containers.RepeatedScalarFieldContainer[float]
+    current: bool
+    def __init__(self, revision: _Optional[int] = ..., samples: _Optional[int] = ..., pending: _Optional[int] = ..., dropped: _Optional[int] = ..., state: _Optional[str] = ..., mean_logprob: _Optional[_Union[Interval, _Mapping]] = ..., top1: _Optional[_Union[Interval, _Mapping]] = ..., baseline_mean_logprob: _Optional[_Union[Interval, _Mapping]] = ..., baseline_top1: _Optional[_Union[Interval, _Mapping]] = ..., details_json: _Optional[str] = ..., trend: _Optional[_Iterable[float]] = ..., current: _Optional[bool] = ...) -> None: ...
+
+class QualityReport(_message.Message):
+    __slots__ = ("deployment", "policy", "revisions")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REVISIONS_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    policy: QualityPolicy
+    revisions: _containers.RepeatedCompositeFieldContainer[RevisionQuality]
+    def __init__(self, deployment: _Optional[str] = ..., policy: _Optional[_Union[QualityPolicy, _Mapping]] = ..., revisions: _Optional[_Iterable[_Union[RevisionQuality, _Mapping]]] = ...) -> None: ...
+
+class ListQualitySamplesRequest(_message.Message):
+    __slots__ = ("name", "revision", "limit")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision: int
+    limit: int
+    def __init__(self, name: _Optional[str] = ..., revision: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class QualitySample(_message.Message):
+    __slots__ = ("id", "revision", "tenant", "at", "kind", "request_json", "answer", "status", "error", "mean_logprob", "top1", "baseline_mean_logprob", "baseline_top1")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    TOP1_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_MEAN_LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_TOP1_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    revision: int
+    tenant: str
+    at: float
+    kind: str
+    request_json: str
+    answer: str
+    status: str
+    error: str
+    mean_logprob: float
+    top1: float
+    baseline_mean_logprob: float
+    baseline_top1: float
+    def __init__(self, id: _Optional[int] = ..., revision: _Optional[int] = ..., tenant: _Optional[str] = ..., at: _Optional[float] = ..., kind: _Optional[str] = ..., request_json: _Optional[str] = ..., answer: _Optional[str] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., mean_logprob: _Optional[float] = ..., top1: _Optional[float] = ..., baseline_mean_logprob: _Optional[float] = ..., baseline_top1: _Optional[float] = ...) -> None: ...
+
+class ListQualitySamplesResponse(_message.Message):
+    __slots__ = ("samples",)
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    samples: _containers.RepeatedCompositeFieldContainer[QualitySample]
+    def __init__(self, samples: _Optional[_Iterable[_Union[QualitySample, _Mapping]]] = ...) -> None: ...
+
+class SetQualityReferenceRequest(_message.Message):
+    __slots__ = ("name", "revision")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision: int
+    def __init__(self, name: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...

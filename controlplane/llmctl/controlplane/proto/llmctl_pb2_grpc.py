@@ -225,10 +225,30 @@ class AdminServiceStub:
                 request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListTenantsRequest.SerializeToString,
                 response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.UpdateTenant = channel.unary_unary(
+                '/llmctl.v1.AdminService/UpdateTenant',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.UpdateTenantRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Tenant.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/llmctl.v1.AdminService/GetUsage',
                 request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.GetQuality = channel.unary_unary(
+                '/llmctl.v1.AdminService/GetQuality',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetQualityRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.QualityReport.FromString,
+                _registered_method=True)
+        self.ListQualitySamples = channel.unary_unary(
+                '/llmctl.v1.AdminService/ListQualitySamples',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListQualitySamplesRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListQualitySamplesResponse.FromString,
+                _registered_method=True)
+        self.SetQualityReference = channel.unary_unary(
+                '/llmctl.v1.AdminService/SetQualityReference',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetQualityReferenceRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.FromString,
                 _registered_method=True)
 
 
@@ -325,8 +345,36 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateTenant(self, request, context):
+        """Changes what is given (unset fields stay as they are).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsage(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQuality(self, request, context):
+        """Per revision: sampled answers, their scores against the reference with 95% intervals, the state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQualitySamples(self, request, context):
+        """The stored samples themselves (prompts and answers): admin only, like every AdminService call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQualityReference(self, request, context):
+        """The revision that sampled answers are judged against.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -404,10 +452,30 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListTenantsRequest.FromString,
                     response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListTenantsResponse.SerializeToString,
             ),
+            'UpdateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenant,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.UpdateTenantRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Tenant.SerializeToString,
+            ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
                     request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetUsageRequest.FromString,
                     response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'GetQuality': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuality,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetQualityRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.QualityReport.SerializeToString,
+            ),
+            'ListQualitySamples': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQualitySamples,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListQualitySamplesRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListQualitySamplesResponse.SerializeToString,
+            ),
+            'SetQualityReference': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQualityReference,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetQualityReferenceRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -800,6 +868,33 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/UpdateTenant',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.UpdateTenantRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetUsage(request,
             target,
             options=(),
@@ -816,6 +911,87 @@ class AdminService:
             '/llmctl.v1.AdminService/GetUsage',
             llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetUsageRequest.SerializeToString,
             llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuality(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/GetQuality',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetQualityRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.QualityReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQualitySamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/ListQualitySamples',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListQualitySamplesRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListQualitySamplesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQualityReference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/SetQualityReference',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetQualityReferenceRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.FromString,
             options,
             channel_credentials,
             insecure,

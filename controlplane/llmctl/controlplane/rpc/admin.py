@@ -23,10 +23,15 @@ from llmctl.controlplane.services import check_count
 from llmctl.controlplane.services import deployments as deployments_service
 from llmctl.controlplane.services import events as events_service
 from llmctl.controlplane.services import nodes as nodes_service
+from llmctl.controlplane.services import quality as quality_service
 from llmctl.controlplane.services import tenants as tenants_service
 
 ACTOR = "admin"
 DEFAULT_EVENT_LIMIT = 200
+DEFAULT_SAMPLE_LIMIT = 100
+MAX_SAMPLE_LIMIT = 1000
+TREND_POINTS = 100
+"""Latest scored samples per revision whose score difference the dashboard plots."""
 WATCH_POLL_S = 0.25
 """How often WatchEvents looks for new events; an event reaches watchers within about this long."""
 
@@ -46,7 +51,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             for replica in live_replicas(session):
                 replicas.setdefault(replica.deployment_id, []).append(replica)
             return pb.ListDeploymentsResponse(deployments=[
-                convert.deployment_to_proto(d, replicas.get(d.id, []), self._fleet)
+                convert.deployment_to_proto(d, replicas.get(d.id, []), self._fleet, _quality_state(session, d))
                 for d in deployments_service.list_deployments(session)
             ])
 
@@ -60,6 +65,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             deployment, revision, created = deployments_service.deploy(
                 session, name=request.name, model=request.model, engine_config=config,
                 replicas=request.replicas if request.HasField("replicas") else None, actor=ACTOR,
+            )
+            quality_service.set_policy(
+                session, deployment, actor=ACTOR,
+                sample_rate=request.quality_sample_rate if request.HasField("quality_sample_rate") else None,
+                auto_rollback=request.quality_auto_rollback if request.HasField("quality_auto_rollback") else None,
+                threshold=request.quality_threshold if request.HasField("quality_threshold") else None,
             )
             response = pb.DeployResponse(deployment=self._deployment(session, deployment),
                                          revision=revision.number, created_revision=created)
@@ -103,7 +114,41 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.DeleteDeploymentResponse()
 
     def _deployment(self, session: Session, deployment: Deployment) -> pb.Deployment:
-        return convert.deployment_to_proto(deployment, live_replicas(session, deployment.id), self._fleet)
+        return convert.deployment_to_proto(deployment, live_replicas(session, deployment.id), self._fleet,
+                                           _quality_state(session, deployment))
+
+    # -- quality --------------------------------------------------------------------------------------------
+    def GetQuality(self, request: pb.GetQualityRequest, context: grpc.ServicerContext) -> pb.QualityReport:
+        with session_scope(self._db) as session:
+            deployment, summaries = quality_service.summaries(session, name=request.name)
+            current = deployment.current_revision.number if deployment.current_revision else 0
+            revisions = []
+            for summary in summaries:
+                rows = quality_service.scored(session, deployment_id=deployment.id, revision=summary.revision,
+                                              limit=TREND_POINTS)
+                trend = [r.mean_logprob - r.baseline_mean_logprob for r in rows]
+                revisions.append(convert.revision_quality_to_proto(summary, trend, summary.revision == current))
+            return pb.QualityReport(deployment=deployment.name, policy=convert.quality_policy_to_proto(deployment),
+                                    revisions=revisions)
+
+    def ListQualitySamples(self, request: pb.ListQualitySamplesRequest,
+                           context: grpc.ServicerContext) -> pb.ListQualitySamplesResponse:
+        limit = check_count("limit", request.limit, 0, MAX_SAMPLE_LIMIT) or DEFAULT_SAMPLE_LIMIT
+        with session_scope(self._db) as session:
+            samples = quality_service.list_samples(
+                session, name=request.name, limit=limit,
+                revision=request.revision if request.HasField("revision") else None)
+            names = {t.id: t.name for t in tenants_service.list_tenants(session)}
+            return pb.ListQualitySamplesResponse(
+                samples=[convert.quality_sample_to_proto(s, names.get(s.tenant_id)) for s in samples])
+
+    def SetQualityReference(self, request: pb.SetQualityReferenceRequest,
+                            context: grpc.ServicerContext) -> pb.Deployment:
+        with session_scope(self._db) as session:
+            quality_service.set_reference(session, name=request.name, revision=request.revision, actor=ACTOR)
+            response = self._deployment(session, deployments_service.get_deployment(session, request.name))
+        self._on_change()  # the scorer replica follows the reference
+        return response
 
     # -- nodes --------------------------------------------------------------------------------------------
     def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> pb.ListNodesResponse:
@@ -167,8 +212,16 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         with session_scope(self._db) as session:
             tenant, key = tenants_service.create_tenant(
                 session, name=request.name, rpm=request.rpm, tpm=request.tpm,
-                monthly_tokens=request.monthly_tokens)
+                monthly_tokens=request.monthly_tokens, quality_opt_out=request.quality_opt_out)
             return pb.CreateTenantResponse(tenant=convert.tenant_to_proto(tenant), api_key=key)
+
+    def UpdateTenant(self, request: pb.UpdateTenantRequest, context: grpc.ServicerContext) -> pb.Tenant:
+        with session_scope(self._db) as session:
+            tenant = tenants_service.get_tenant(session, request.name)
+            if request.HasField("quality_opt_out"):
+                tenant = tenants_service.set_quality_opt_out(session, name=request.name,
+                                                             opt_out=request.quality_opt_out, actor=ACTOR)
+            return convert.tenant_to_proto(tenant)
 
     def ListTenants(self, request: pb.ListTenantsRequest,
                     context: grpc.ServicerContext) -> pb.ListTenantsResponse:
@@ -189,3 +242,10 @@ def _since(request: pb.GetUsageRequest) -> datetime:
         return datetime.fromtimestamp(request.since, UTC)
     except (OverflowError, ValueError, OSError):
         raise InvalidArgument(f"since must be a time in unix seconds, got {request.since!r}") from None
+
+
+def _quality_state(session: Session, deployment: Deployment) -> str:
+    """The current revision's quality judgement ("ok" until it has one)."""
+    current = deployment.current_revision
+    judged = quality_service.revision_states(session, deployment.id).get(current.number) if current else None
+    return judged.state.value if judged is not None else "ok"

@@ -8,10 +8,21 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from llmctl.controlplane.db.models import Deployment, Event, Node, Replica, ReplicaState, Revision, Tenant
+from llmctl.controlplane.db.models import (
+    Deployment,
+    Event,
+    Node,
+    QualitySample,
+    Replica,
+    ReplicaRole,
+    ReplicaState,
+    Revision,
+    Tenant,
+)
 from llmctl.controlplane.errors import InvalidArgument
 from llmctl.controlplane.fleet import Fleet, NodeTelemetry
 from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.services.quality import RevisionSummary, reference_revision
 
 _STATE_TO_PROTO = {
     ReplicaState.PENDING: pb.REPLICA_STATE_PENDING,
@@ -92,15 +103,18 @@ def replica_to_proto(replica: Replica) -> pb.Replica:
         revision=replica.revision.number,
         error=replica.error or "",
         restarts=replica.restarts,
+        role=replica.role.value,
     )
 
 
-def deployment_to_proto(deployment: Deployment, replicas: list[Replica], fleet: Fleet) -> pb.Deployment:
-    """`replicas`: the deployment's replicas that are not stopped (any revision)."""
+def deployment_to_proto(deployment: Deployment, replicas: list[Replica], fleet: Fleet,
+                        quality_state: str = "ok") -> pb.Deployment:
+    """`replicas`: the deployment's replicas that are not stopped (any revision); `quality_state`: the
+    current revision's quality judgement."""
     current = deployment.current_revision
     assert current is not None, f"deployment {deployment.name!r} has no current revision"
     config = current.engine_config
-    ready = [r for r in replicas if r.state == ReplicaState.READY]
+    ready = [r for r in replicas if r.state == ReplicaState.READY and r.role == ReplicaRole.SERVE]
     return pb.Deployment(
         name=deployment.name,
         model=deployment.model,
@@ -114,7 +128,16 @@ def deployment_to_proto(deployment: Deployment, replicas: list[Replica], fleet: 
         stats=deployment_stats([r.id for r in ready], fleet),
         created_at=unix(deployment.created_at),
         updated_at=unix(deployment.updated_at),
+        quality=quality_policy_to_proto(deployment),
+        quality_state=quality_state,
     )
+
+
+def quality_policy_to_proto(deployment: Deployment) -> pb.QualityPolicy:
+    reference = reference_revision(deployment)
+    return pb.QualityPolicy(sample_rate=deployment.quality_sample_rate, auto_rollback=deployment.quality_auto_rollback,
+                            threshold=deployment.quality_threshold,
+                            reference_revision=reference.number if reference is not None else 0)
 
 
 def deployment_stats(ready_ids: list[int], fleet: Fleet) -> pb.DeploymentStats:
@@ -197,6 +220,7 @@ def tenant_to_proto(tenant: Tenant) -> pb.Tenant:
         tpm=tenant.tpm,
         monthly_tokens=tenant.monthly_tokens,
         created_at=unix(tenant.created_at),
+        quality_opt_out=tenant.quality_opt_out,
     )
 
 
@@ -207,4 +231,29 @@ def usage_row_to_proto(row: dict[str, Any]) -> pb.UsageRow:
         prompt_tokens=row["prompt_tokens"],
         completion_tokens=row["completion_tokens"],
         cost_usd=row["cost_usd"],
+    )
+
+
+def interval_to_proto(value: tuple[float, float, float] | None) -> pb.Interval:
+    return pb.Interval() if value is None else pb.Interval(mean=value[0], low=value[1], high=value[2])
+
+
+def revision_quality_to_proto(summary: RevisionSummary, trend: list[float], current: bool) -> pb.RevisionQuality:
+    return pb.RevisionQuality(
+        revision=summary.revision, samples=summary.samples, pending=summary.pending, dropped=summary.dropped,
+        state=summary.state.value, mean_logprob=interval_to_proto(summary.mean_logprob),
+        top1=interval_to_proto(summary.top1),
+        baseline_mean_logprob=interval_to_proto(summary.baseline_mean_logprob),
+        baseline_top1=interval_to_proto(summary.baseline_top1),
+        details_json=json.dumps(summary.details, sort_keys=True), trend=trend, current=current,
+    )
+
+
+def quality_sample_to_proto(sample: QualitySample, tenant: str | None) -> pb.QualitySample:
+    scores = {name: value for name in ("mean_logprob", "top1", "baseline_mean_logprob", "baseline_top1")
+              if (value := getattr(sample, name)) is not None}
+    return pb.QualitySample(
+        id=sample.id, revision=sample.revision, tenant=tenant or "", at=unix(sample.at), kind=sample.kind,
+        request_json=json.dumps(sample.request, sort_keys=True), answer=sample.answer,
+        status=sample.status.value, error=sample.error or "", **scores,
     )

@@ -7,16 +7,26 @@ from collections.abc import Collection
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from llmctl.controlplane.db.models import Deployment, Node, Replica, ReplicaState, Revision, utcnow
+from llmctl.controlplane.db.models import (
+    Deployment,
+    Node,
+    Replica,
+    ReplicaRole,
+    ReplicaState,
+    Revision,
+    utcnow,
+)
 from llmctl.controlplane.errors import InvalidArgument, NotFound
 from llmctl.controlplane.services import check_count
 from llmctl.controlplane.services.events import record_event
 
 
 def create_replica(
-    session: Session, *, deployment: Deployment, revision: Revision, node: Node | None
+    session: Session, *, deployment: Deployment, revision: Revision, node: Node | None,
+    role: ReplicaRole = ReplicaRole.SERVE,
 ) -> Replica:
-    """A pending replica of `revision`, placed on `node` (None: not scheduled yet)."""
+    """A pending replica of `revision`, placed on `node` (None: not scheduled yet); a SCORE replica is the
+    deployment's quality reference, never routed."""
     if revision.deployment_id != deployment.id:
         raise InvalidArgument(
             f"revision {revision.number} belongs to another deployment than {deployment.name!r}"
@@ -27,19 +37,21 @@ def create_replica(
         revision=revision,
         node=node,
         state=ReplicaState.PENDING,
+        role=role,
         created_at=now,
         updated_at=now,
     )
     session.add(replica)
     session.flush()
     where = f"on node {node.name}" if node is not None else "(not placed yet)"
+    what = "scorer replica" if role == ReplicaRole.SCORE else "replica"
     record_event(
         session,
         kind="replica.created",
-        message=f"replica {replica.id} of {deployment.name} revision {revision.number} {where}",
+        message=f"{what} {replica.id} of {deployment.name} revision {revision.number} {where}",
         deployment_name=deployment.name,
         node_name=node.name if node is not None else None,
-        details={"replica_id": replica.id, "revision": revision.number},
+        details={"replica_id": replica.id, "revision": revision.number, "role": role.value},
     )
     return replica
 

@@ -8,11 +8,11 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from llmctl.controlplane.db.models import ApiKey, Tenant, UsageRecord, utcnow
+from llmctl.controlplane.db.models import ApiKey, QualitySample, Tenant, UsageRecord, utcnow
 from llmctl.controlplane.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from llmctl.controlplane.services import check_aware, check_count, check_name
 from llmctl.controlplane.services.events import record_event
@@ -23,7 +23,8 @@ PREFIX_LENGTH = 12
 
 
 def create_tenant(
-    session: Session, *, name: str, rpm: int = 0, tpm: int = 0, monthly_tokens: int = 0
+    session: Session, *, name: str, rpm: int = 0, tpm: int = 0, monthly_tokens: int = 0,
+    quality_opt_out: bool = False,
 ) -> tuple[Tenant, str]:
     """A new tenant and its first API key. The key is returned this once; only its sha256 is kept."""
     check_name("tenant", name)
@@ -31,7 +32,8 @@ def create_tenant(
         check_count(what, value, 0)
     if session.scalars(select(Tenant.id).where(Tenant.name == name)).first() is not None:
         raise AlreadyExists(f"tenant {name!r} already exists")
-    tenant = Tenant(name=name, rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens, created_at=utcnow())
+    tenant = Tenant(name=name, rpm=rpm, tpm=tpm, monthly_tokens=monthly_tokens, quality_opt_out=quality_opt_out,
+                    created_at=utcnow())
     session.add(tenant)
     try:
         session.flush()
@@ -41,10 +43,29 @@ def create_tenant(
         session,
         kind="tenant.created",
         message=f"created tenant {name} (rpm {rpm or 'unlimited'}, tpm {tpm or 'unlimited'}, "
-        f"monthly tokens {monthly_tokens or 'unlimited'})",
-        details={"tenant": name, "rpm": rpm, "tpm": tpm, "monthly_tokens": monthly_tokens},
+        f"monthly tokens {monthly_tokens or 'unlimited'}"
+        + (", opted out of quality sampling)" if quality_opt_out else ")"),
+        details={"tenant": name, "rpm": rpm, "tpm": tpm, "monthly_tokens": monthly_tokens,
+                 "quality_opt_out": quality_opt_out},
     )
     return tenant, _new_key(session, tenant)
+
+
+def set_quality_opt_out(session: Session, *, name: str, opt_out: bool, actor: str = "admin") -> Tenant:
+    """Whether the tenant's requests may be stored as quality samples; opting out deletes those stored."""
+    tenant = get_tenant(session, name)
+    if tenant.quality_opt_out == opt_out:
+        return tenant
+    tenant.quality_opt_out = opt_out
+    deleted = 0
+    if opt_out:
+        deleted = session.execute(delete(QualitySample).where(QualitySample.tenant_id == tenant.id)).rowcount or 0
+    session.flush()
+    record_event(session, kind="tenant.quality_opt_out", actor=actor,
+                 message=f"tenant {name} " + (f"opted out of quality sampling ({deleted} stored sample(s) deleted)"
+                                              if opt_out else "opted back in to quality sampling"),
+                 details={"tenant": name, "opt_out": opt_out, "deleted_samples": deleted})
+    return tenant
 
 
 def create_api_key(session: Session, *, tenant_name: str) -> str:
