@@ -250,7 +250,8 @@ def test_agent_registers_and_the_control_plane_lists_its_fake_gpus(cluster: Clus
 def ready_replica(cluster: Cluster) -> ReplicaStatus:
     """The deployment, deployed once through AdminService and READY on the agent."""
     cluster.call("Deploy", pb.DeployRequest(name=DEPLOYMENT, model=str(cluster.model),
-                                            engine_config_json=json.dumps(ENGINE), replicas=1))
+                                            engine_config_json=json.dumps(ENGINE), replicas=1,
+                                            quality_sample_rate=0))  # no scorer replica: one replica here
 
     def ready() -> ReplicaStatus | None:
         statuses = cluster.agent.statuses()
