@@ -60,7 +60,7 @@ expect "tiny"
 keys Tab
 keys Enter                                       # open the deployment
 expect "Deployment tiny"
-expect "Replicas (1)"
+expect "Replicas (2)"
 expect "ready"
 expect "deployment.deployed"
 keys Escape

@@ -143,7 +143,7 @@ def run_protocol(tmp: Path, processes: Processes, model: str, phases: list[Phase
         results.append(run_phase(fleet, client, prompts, phase, revision))
         if results[-1].rolled_back_to is not None:
             revision = results[-1].rolled_back_to
-            wait_until("the rollback's replica serves", lambda: _serving(fleet, revision), REPLICA_START_S)
+            wait_until("the rollback's replica serves", lambda r=revision: _serving(fleet, r), REPLICA_START_S)
     return results
 
 

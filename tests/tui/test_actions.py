@@ -108,7 +108,7 @@ async def test_rollback_scale_and_drain_after_confirmation(plane: ControlPlane, 
     app = live_app(plane)
     async with app.run_test(size=SIZE) as pilot:
         table = app.screen.query_one(DeploymentsTable)
-        await until(pilot, lambda: table.row_count == 1 and str(table.row_data("chat")[2]) == "2")
+        await until(pilot, lambda: table.row_count == 1 and str(table.cell("chat", "revision")) == "2")
 
         # Roll back: the chooser starts on the revision before the current one; "n" sends nothing.
         await pilot.press("r")
@@ -129,7 +129,7 @@ async def test_rollback_scale_and_drain_after_confirmation(plane: ControlPlane, 
         await until(pilot, lambda: result(app) == "chat: rolled back to revision 1")
         with admin_of(plane) as admin:
             assert admin.get_deployment("chat").revision == 1
-        await until(pilot, lambda: str(table.row_data("chat")[2]) == "1", what="the table to follow")
+        await until(pilot, lambda: str(table.cell("chat", "revision")) == "1", what="the table to follow")
 
         # Scale: a bad count stays in the dialog; the control plane's own limit comes back as its error.
         await pilot.press("s")
@@ -151,7 +151,7 @@ async def test_rollback_scale_and_drain_after_confirmation(plane: ControlPlane, 
         await until(pilot, lambda: result(app) == "chat: scaled to 3 replica(s)")
         with admin_of(plane) as admin:
             assert admin.get_deployment("chat").desired_replicas == 3
-        await until(pilot, lambda: str(table.row_data("chat")[4]) == "3/3", what="three ready replicas")
+        await until(pilot, lambda: str(table.cell("chat", "ready")) == "3/3", what="three ready replicas")
 
         # Drain the highlighted node.
         await pilot.press("x")

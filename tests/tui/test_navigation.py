@@ -15,8 +15,9 @@ from llmctl.tui.screens.deployment import DeploymentScreen
 from llmctl.tui.screens.events import EventsScreen
 from llmctl.tui.screens.fleet import FleetScreen
 from llmctl.tui.widgets.deployments_table import DeploymentsTable
-from llmctl.tui.widgets.events_table import EventsTable
+from llmctl.tui.widgets.events_table import DeploymentEventsTable, EventsTable
 from llmctl.tui.widgets.nodes_table import NodesTable
+from llmctl.tui.widgets.replicas_table import ReplicasTable
 from tests.tui.conftest import SIZE, live_app, screen_text, serving_agent, until
 
 pytestmark = pytest.mark.anyio
@@ -71,10 +72,20 @@ async def test_fleet_deployment_and_events_screens_show_the_live_fleet(fleet: Co
         await pilot.press("enter")
         assert isinstance(app.screen, DeploymentScreen)
         await until(pilot, lambda: "max_num_seqs" in screen_text(app), what="the revision diff")
+        # Two replicas once the rollout is done: revision 2 serving, and revision 1 (the quality reference,
+        # sampling being on by default) scoring.
+        await until(pilot, lambda: "Replicas (2)" in screen_text(app),
+                    what="the serving and scoring replicas")
         text = screen_text(app)
-        assert "Config diff: revision 1 → 2" in text and "Replicas (1)" in text
+        assert "Config diff: revision 1 → 2" in text
         assert "edge-1" in text and "ready" in text and "http://127.0.0.1:19" in text
-        assert "deployment.deployed" in text
+        events = app.screen.query_one(DeploymentEventsTable)  # scrolled to the newest of its events
+        kinds = [events.cell(str(key.value), "kind").plain for key in events.rows]
+        assert "deployment.deployed" in kinds and kinds[-1] in text
+        table = app.screen.query_one(ReplicasTable)
+        roles = sorted((table.cell(str(key.value), "revision"), table.cell(str(key.value), "role").plain)
+                       for key in table.rows)
+        assert roles == [("1", "score"), ("2", "serve")]
 
         # Esc goes back; `e` opens the live audit log.
         await pilot.press("escape")

@@ -3,9 +3,9 @@
     DashboardApp(LiveFeed(address, admin_token)).run()      what `llmctl dashboard` does
     DashboardApp(RecordedFeed(demo_recording()))            the same screens from recorded answers
 
-The feed posts FleetUpdated / EventsArrived / ConnectionChanged; the App keeps them in one FleetStore and
-tells the screens in its stack, which update their tables in place. While the control plane is away the
-App says so on every screen, greys the last data it has, and the feed reconnects on its own.
+The feed posts FleetUpdated / QualityUpdated / EventsArrived / ConnectionChanged; the App keeps them in one
+FleetStore and tells the screens in its stack, which update their tables in place. While the control plane
+is away the App says so on every screen, greys the last data it has, and the feed reconnects on its own.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from textual.screen import Screen
 from llmctl.tui.actions import ActionsMixin
 from llmctl.tui.commands import DashboardCommands
 from llmctl.tui.feed import Feed
-from llmctl.tui.messages import Connection, ConnectionChanged, EventsArrived, FleetUpdated, Link
+from llmctl.tui.messages import (
+    Connection,
+    ConnectionChanged,
+    EventsArrived,
+    FleetUpdated,
+    Link,
+    QualityUpdated,
+)
 from llmctl.tui.screens.base import DashboardScreen
 from llmctl.tui.screens.deployment import DeploymentScreen
 from llmctl.tui.screens.events import EventsScreen
@@ -77,6 +84,12 @@ class DashboardApp(ActionsMixin, App[None]):
             screen.fleet_changed(self.store)
         self.fleet_updates += 1
         self.feed.applied()
+
+    @on(QualityUpdated)
+    def _quality_updated(self, message: QualityUpdated) -> None:
+        self.store.apply_quality(message.name, message.report, message.error)
+        for screen in self._dashboard_screens():
+            screen.quality_changed(self.store, message.name)
 
     @on(EventsArrived)
     def _events_arrived(self, message: EventsArrived) -> None:

@@ -24,7 +24,8 @@ class DashboardCommands(Provider):
         ]
         for name, deployment in sorted(app.store.deployments.items()):
             found += [
-                (f"deployment {name}", partial(app.open_deployment, name), "revisions, replicas, latency"),
+                (f"deployment {name}", partial(app.open_deployment, name),
+                 "revisions, replicas, latency, quality"),
                 (f"deploy {name}", partial(app.deploy, deployment), "a new revision: form, then confirm"),
                 (f"rollback {name}", partial(app.rollback, name), "choose a revision, then confirm"),
                 (f"scale {name}", partial(app.scale, name), "set the replica count, then confirm"),

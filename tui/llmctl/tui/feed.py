@@ -1,6 +1,7 @@
 """The dashboard's only way to the control plane: AdminService over gRPC, in background workers.
 
-    poll worker   ListNodes + ListDeployments every poll_interval_s -> FleetUpdated (or ConnectionChanged)
+    poll worker   ListNodes + ListDeployments every poll_interval_s -> FleetUpdated (or ConnectionChanged),
+                  and GetQuality of each followed deployment (an open Deployment screen) -> QualityUpdated
     watch worker  WatchEvents from the last event seen -> EventsArrived, bursts merged into one message
     call(fn)      one request (a deploy, a rollback, revisions) from an action's worker thread
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -20,7 +22,15 @@ from textual.message import Message
 
 from llmctl.controlplane.client import AdminClient, EventWatch
 from llmctl.controlplane.errors import ControlPlaneError, Forbidden, Unauthenticated, Unavailable
-from llmctl.tui.messages import Connection, ConnectionChanged, EventMailbox, EventsArrived, FleetUpdated, Link
+from llmctl.tui.messages import (
+    Connection,
+    ConnectionChanged,
+    EventMailbox,
+    EventsArrived,
+    FleetUpdated,
+    Link,
+    QualityUpdated,
+)
 
 T = TypeVar("T")
 
@@ -43,6 +53,12 @@ class Feed(Protocol):
     def call(self, request: Callable[[AdminClient], T]) -> T:
         """Run `request` against the AdminService (blocking; from a worker thread)."""
 
+    def follow_quality(self, name: str) -> None:
+        """Poll deployment `name`'s quality report with the fleet (QualityUpdated), from now until as many
+        unfollow_quality calls: a Deployment screen follows its deployment while it is open."""
+
+    def unfollow_quality(self, name: str) -> None: ...
+
 
 class LiveFeed:
     def __init__(self, address: str, admin_token: str, *, poll_interval_s: float = 2.0,
@@ -60,6 +76,9 @@ class LiveFeed:
         self._client: AdminClient | None = None
         self._watch: EventWatch | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        """Ends the poll worker's wait early: stopping, or a deployment newly followed."""
+        self._quality_for: Counter[str] = Counter()
         self._applied = threading.Event()
         self._mailbox = EventMailbox()
         self._post: Callable[[Message], object] = lambda message: None
@@ -73,6 +92,7 @@ class LiveFeed:
     def stop(self) -> None:
         """Ends both workers promptly (the event stream is cancelled, not waited out)."""
         self._stop.set()
+        self._wake.set()
         self._applied.set()
         with self._lock:
             watch, client, self._client = self._watch, self._client, None
@@ -92,6 +112,17 @@ class LiveFeed:
             self._discard(client)
             raise
 
+    def follow_quality(self, name: str) -> None:
+        with self._lock:
+            self._quality_for[name] += 1
+        self._wake.set()  # a screen just opened: its report now, not a poll interval later
+
+    def unfollow_quality(self, name: str) -> None:
+        with self._lock:
+            self._quality_for[name] -= 1
+            if self._quality_for[name] <= 0:
+                del self._quality_for[name]
+
     # -- workers ------------------------------------------------------------------------------------------
     def _poll_loop(self) -> None:
         failures = 0
@@ -100,6 +131,8 @@ class LiveFeed:
             client = self._connected()
             try:
                 nodes, deployments = client.list_nodes(), client.list_deployments()
+                at = time.time()
+                reports = self._poll_quality(client, at)
             except (Unauthenticated, Forbidden) as e:
                 failures += 1
                 self._post(ConnectionChanged(Connection(Link.REFUSED, self.address, e.message)))
@@ -111,11 +144,30 @@ class LiveFeed:
             else:
                 failures = 0
                 self._applied.clear()
-                self._post(FleetUpdated(nodes, deployments, time.time()))
-                # Back-pressure: a busy UI is sent fewer snapshots instead of a growing queue of them.
+                for report in reports:
+                    self._post(report)
+                self._post(FleetUpdated(nodes, deployments, at))
+                # Back-pressure: a busy UI is sent fewer snapshots instead of a growing queue of them (the
+                # quality reports were posted before, so they are drawn by then too).
                 self._applied.wait(30 * self.poll_interval_s)
             wait = self._retry_delay(failures) if failures else self.poll_interval_s
-            self._stop.wait(max(0.0, wait - (time.monotonic() - started)))
+            self._wake.wait(max(0.0, wait - (time.monotonic() - started)))
+            self._wake.clear()
+
+    def _poll_quality(self, client: AdminClient, at: float) -> list[QualityUpdated]:
+        """The followed deployments' reports. A refusal for one (the deployment was deleted, an older
+        control plane without quality sampling) goes to its screen; a lost connection fails the whole poll."""
+        with self._lock:
+            names = sorted(self._quality_for)
+        reports = []
+        for name in names:
+            try:
+                reports.append(QualityUpdated(name, client.get_quality(name), at))
+            except Unavailable:
+                raise
+            except ControlPlaneError as e:
+                reports.append(QualityUpdated(name, None, at, e.message))
+        return reports
 
     def _watch_loop(self) -> None:
         after: int | None = None

@@ -89,3 +89,16 @@ def state_text(state: str) -> Text:
         "stopped": "dim",
     }.get(state.lower(), "")
     return Text(state.lower(), style=style)
+
+
+def quality_badge(state: str, sampling: bool, *, pad: bool = False) -> Text:
+    """A deployment's quality judgement: DEGRADED stands out (white on red), watch in yellow, ok dim; "off"
+    while no answers are sampled. `pad`: a space either side of DEGRADED, where there is room."""
+    if not sampling:
+        return Text("off", style="dim")
+    state = (state or "ok").lower()
+    if state == "degraded":
+        return Text(" DEGRADED " if pad else "DEGRADED", style="bold white on red")
+    if state == "watch":
+        return Text("watch", style="bold yellow")
+    return Text(state, style="dim")

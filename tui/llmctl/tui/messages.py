@@ -43,6 +43,15 @@ class FleetUpdated(Message):
         self.nodes, self.deployments, self.at = nodes, deployments, at
 
 
+class QualityUpdated(Message):
+    """One poll of a followed deployment's quality report (GetQuality), or the control plane's error for it
+    (`report` None, `error` its message: the deployment is gone, or the control plane has no quality)."""
+
+    def __init__(self, name: str, report: pb.QualityReport | None, at: float, error: str = "") -> None:
+        super().__init__()
+        self.name, self.report, self.at, self.error = name, report, at, error
+
+
 class EventMailbox:
     """Events from the watch thread, handed to the UI in batches: while one EventsArrived waits in the
     App's queue, newer events join its batch instead of each posting a message of its own."""

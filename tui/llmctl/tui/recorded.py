@@ -8,6 +8,8 @@ Actions are refused with a clear error: there is no control plane behind a recor
 from __future__ import annotations
 
 import json
+import statistics
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -16,7 +18,14 @@ from textual.app import App
 
 from llmctl.controlplane.errors import NotFound, Unavailable
 from llmctl.controlplane.proto import llmctl_pb2 as pb
-from llmctl.tui.messages import Connection, ConnectionChanged, EventsArrived, FleetUpdated, Link
+from llmctl.tui.messages import (
+    Connection,
+    ConnectionChanged,
+    EventsArrived,
+    FleetUpdated,
+    Link,
+    QualityUpdated,
+)
 
 T = TypeVar("T")
 GIB = 1 << 30
@@ -38,6 +47,7 @@ class Recording:
     frames: list[Frame]
     events: list[pb.Event] = field(default_factory=list)
     revisions: dict[str, list[pb.Revision]] = field(default_factory=dict)
+    quality: dict[str, pb.QualityReport] = field(default_factory=dict)
 
 
 class RecordedAdmin:
@@ -57,6 +67,11 @@ class RecordedAdmin:
             raise NotFound(f"deployment {name!r} not found")
         return list(self._recording.revisions[name])
 
+    def get_quality(self, name: str) -> pb.QualityReport:
+        if name not in self._recording.quality:
+            raise NotFound(f"deployment {name!r} not found")
+        return self._recording.quality[name]
+
     def list_events(self, *, after_id: int = 0, deployment: str | None = None,
                     limit: int = 0) -> list[pb.Event]:
         return [e for e in self._recording.events
@@ -75,6 +90,7 @@ class RecordedFeed:
         self.address = address
         self.recording = recording
         self._app: App[Any] | None = None
+        self._following: Counter[str] = Counter()
 
     def start(self, app: App[Any]) -> None:
         self._app = app
@@ -92,11 +108,30 @@ class RecordedFeed:
     def call(self, request: Callable[[Any], T]) -> T:
         return request(RecordedAdmin(self.recording))
 
+    def follow_quality(self, name: str) -> None:
+        self._following[name] += 1
+        if self._app is not None:  # as the live feed does: the report at once, then with every poll
+            self._app.post_message(self._quality(name))
+
+    def unfollow_quality(self, name: str) -> None:
+        self._following[name] -= 1
+        if self._following[name] <= 0:
+            del self._following[name]
+
     def play(self, frame: Frame) -> None:
         """One more poll's answers, as if the control plane had just been asked."""
         assert self._app is not None, "start() first"
         self.recording.frames.append(frame)
+        for name in sorted(self._following):
+            self._app.post_message(self._quality(name))
         self._app.post_message(FleetUpdated(frame.nodes, frame.deployments, frame.at))
+
+    def _quality(self, name: str) -> QualityUpdated:
+        at = self.recording.frames[-1].at
+        try:
+            return QualityUpdated(name, RecordedAdmin(self.recording).get_quality(name), at)
+        except NotFound as e:
+            return QualityUpdated(name, None, at, e.message)
 
     def lose_connection(self, detail: str) -> None:
         assert self._app is not None, "start() first"
@@ -157,10 +192,17 @@ def demo_deployment(index: int, frame: int, nodes: int) -> pb.Deployment:
                                engine_config_json=json.dumps(config, sort_keys=True),
                                weight_quantization=quant, kv_cache_dtype=kv,
                                created_at=START - 86_400, updated_at=START - 3_600)
-    for r in range(desired):
+    # Sampling while serving, judged against revision 1 (unquantized); the awq revisions drift below it.
+    rate = (0.05 if index == 1 else 0.01) if serving else 0.0
+    deployment.quality.CopyFrom(pb.QualityPolicy(sample_rate=rate, auto_rollback=index % 4 == 0, threshold=0.1,
+                                                 reference_revision=1 if serving else 0))
+    deployment.quality_state = demo_quality_state(index, revision) if serving else "ok"
+    for r in range(desired + (1 if serving else 0)):
+        scorer = r == desired  # the reference revision's SCORE replica: never routed
         node = f"gpu-node-{(index + r * 4) % nodes:02d}" if nodes else ""
-        replica = deployment.replicas.add(id=100 * (index + 1) + r, node=node, revision=revision,
-                                          restarts=0)
+        replica = deployment.replicas.add(id=100 * (index + 1) + r, node=node,
+                                          revision=1 if scorer else revision, restarts=0,
+                                          role="score" if scorer else "serve")
         if serving:
             replica.state = pb.REPLICA_STATE_READY
             replica.url = f"http://10.0.0.{(index + r) % 250 + 1}:{9000 + r}"
@@ -176,6 +218,55 @@ def demo_deployment(index: int, frame: int, nodes: int) -> pb.Deployment:
         stats.kv_cache_usage = _wave(frame, 20, 0.1, 0.7)
         stats.queue_depth = float(int(_wave(frame + index, 6, 0, 8)))
     return deployment
+
+
+def demo_quality_state(index: int, revision: int) -> str:
+    """Revision 1 is the reference (ok); of the later ones, some are degraded and some on watch."""
+    if revision == 1:
+        return "ok"
+    return "degraded" if index % 8 == 1 else "watch" if index % 8 == 5 else "ok"
+
+
+TREND_LEVEL = {"ok": 0.004, "watch": -0.07, "degraded": -0.21}
+"""Mean served-minus-reference log-likelihood per token (nats) of a revision in that state."""
+
+
+def _noise(i: int, seed: int) -> float:
+    """Deterministic noise in [-1, 1] (integer arithmetic: the same digits on every machine)."""
+    return (i * i * 7919 + i * 131 + seed * 104_729) % 201 / 100 - 1.0
+
+
+def _interval(mean: float, half: float) -> pb.Interval:
+    return pb.Interval(mean=round(mean, 4), low=round(mean - half, 4), high=round(mean + half, 4))
+
+
+def demo_revision_quality(revision: int, state: str, points: int, *, current: bool,
+                          threshold: float) -> pb.RevisionQuality:
+    trend = [round(TREND_LEVEL[state] + 0.04 * _noise(i, revision), 4) for i in range(points)]
+    change = statistics.median(trend)
+    baseline, baseline_top1 = -1.12, 0.78
+    summary = (f"median change over {points} samples: log-likelihood {change:+.3f} nats/token (tolerance "
+               f"{threshold:g}), top-1 {change * 0.4:+.3f}")
+    return pb.RevisionQuality(
+        revision=revision, samples=points if current else 140, pending=2 if current else 0, dropped=0,
+        state=state, mean_logprob=_interval(baseline + statistics.fmean(trend), 0.03),
+        top1=_interval(baseline_top1 + 0.4 * change, 0.02), baseline_mean_logprob=_interval(baseline, 0.03),
+        baseline_top1=_interval(baseline_top1, 0.02),
+        details_json=json.dumps({"samples": points, "median_logprob_change": change, "summary": summary}),
+        trend=trend, current=current)
+
+
+def demo_quality(deployment: pb.Deployment) -> pb.QualityReport:
+    """What GetQuality answers for a demo deployment: its earlier revisions scored while they served
+    (100 points, the most the trend holds) and the current one's latest samples."""
+    report = pb.QualityReport(deployment=deployment.name, policy=deployment.quality)
+    if deployment.quality.sample_rate > 0:
+        for number in range(1, deployment.revision + 1):
+            current = number == deployment.revision
+            state = deployment.quality_state if current else "ok"
+            report.revisions.append(demo_revision_quality(number, state, 64 if current else 100, current=current,
+                                                          threshold=deployment.quality.threshold))
+    return report
 
 
 def demo_revisions(deployment: pb.Deployment) -> list[pb.Revision]:
@@ -206,6 +297,9 @@ def demo_events(deployments: list[pb.Deployment], nodes: int) -> list[pb.Event]:
         add("replica.created", f"{d.name}: replica {d.replicas[0].id} placed", deployment=d.name)
         if d.ready_replicas:
             add("rollout.completed", f"{d.name}: revision {d.revision} ready", deployment=d.name)
+        if d.quality_state in ("watch", "degraded"):
+            add(f"quality.{d.quality_state}", f"quality of {d.name} revision {d.revision}: ok -> "
+                f"{d.quality_state}", deployment=d.name)
     if nodes > 2:
         add("node.unhealthy", "node gpu-node-02 missed its heartbeats", node="gpu-node-02")
     if nodes > 3:
@@ -221,8 +315,10 @@ def demo_frame(frame: int, *, nodes: int, deployments: int) -> Frame:
 
 def demo_recording(nodes: int = 5, deployments: int = 4, frames: int = 36) -> Recording:
     """`frames` polls 5 s apart (three minutes of history) of a fleet with a healthy, a host-only, an
-    unhealthy and a draining node, and deployments serving, quantized, and still starting."""
+    unhealthy and a draining node, and deployments serving, quantized, and still starting; each serving
+    one samples answers for quality, and `code`'s current (awq) revision is degraded."""
     played = [demo_frame(f, nodes=nodes, deployments=deployments) for f in range(frames)]
     last = played[-1].deployments
     return Recording(frames=played, events=demo_events(last, nodes),
-                     revisions={d.name: demo_revisions(d) for d in last})
+                     revisions={d.name: demo_revisions(d) for d in last},
+                     quality={d.name: demo_quality(d) for d in last})

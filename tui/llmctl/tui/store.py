@@ -1,4 +1,5 @@
-"""The dashboard's copy of the fleet: the latest nodes and deployments, their history, and the audit log.
+"""The dashboard's copy of the fleet: the latest nodes and deployments, their history, the quality reports
+of the deployments whose screens are open, and the audit log.
 
 The App owns one FleetStore; messages from the feed change it, and screens read it to update their widgets.
 """
@@ -24,6 +25,10 @@ class FleetStore:
         self.deployments: dict[str, pb.Deployment] = {}
         self.histories: dict[str, History] = {}
         self.events: deque[pb.Event] = deque(maxlen=max_events)
+        self.quality: dict[str, pb.QualityReport] = {}
+        """The latest quality report of each followed deployment (kept after its screen closes)."""
+        self.quality_errors: dict[str, str] = {}
+        """Why the latest poll of a deployment's quality report failed; gone once one succeeds."""
         self.updated_at: float | None = None
         """When the control plane last answered (the poll's time)."""
 
@@ -36,7 +41,17 @@ class FleetStore:
             history.add(sample_of(deployment.stats, at))
         for gone in self.histories.keys() - self.deployments.keys():
             del self.histories[gone]
+        for gone in self.quality.keys() - self.deployments.keys():
+            del self.quality[gone]
         self.updated_at = at
+
+    def apply_quality(self, name: str, report: pb.QualityReport | None, error: str = "") -> None:
+        """One poll of deployment `name`'s quality: its report, or the error (the last report stays)."""
+        if report is not None:
+            self.quality[name] = report
+            self.quality_errors.pop(name, None)
+        else:
+            self.quality_errors[name] = error
 
     @property
     def last_event_id(self) -> int:

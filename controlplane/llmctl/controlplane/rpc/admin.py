@@ -19,7 +19,7 @@ from llmctl.controlplane.proto import llmctl_pb2 as pb
 from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
 from llmctl.controlplane.reconciler import live_replicas
 from llmctl.controlplane.rpc import convert
-from llmctl.controlplane.services import check_count
+from llmctl.controlplane.services import check_count, quality_fields
 from llmctl.controlplane.services import deployments as deployments_service
 from llmctl.controlplane.services import events as events_service
 from llmctl.controlplane.services import nodes as nodes_service
@@ -61,17 +61,17 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.DeployResponse:
         config = convert.engine_config_from_json(request.engine_config_json)
+        policy = {name: getattr(request, f"quality_{name}") if request.HasField(f"quality_{name}") else None
+                  for name in ("sample_rate", "auto_rollback", "threshold")}
         with session_scope(self._db) as session:
+            existed = deployments_service.exists(session, request.name)
             deployment, revision, created = deployments_service.deploy(
                 session, name=request.name, model=request.model, engine_config=config,
                 replicas=request.replicas if request.HasField("replicas") else None, actor=ACTOR,
+                quality=quality_fields(**policy),
             )
-            quality_service.set_policy(
-                session, deployment, actor=ACTOR,
-                sample_rate=request.quality_sample_rate if request.HasField("quality_sample_rate") else None,
-                auto_rollback=request.quality_auto_rollback if request.HasField("quality_auto_rollback") else None,
-                threshold=request.quality_threshold if request.HasField("quality_threshold") else None,
-            )
+            if existed:
+                quality_service.set_policy(session, deployment, actor=ACTOR, **policy)
             response = pb.DeployResponse(deployment=self._deployment(session, deployment),
                                          revision=revision.number, created_revision=created)
         self._on_change()

@@ -48,3 +48,34 @@ def check_aware(what: str, value: datetime | None) -> datetime | None:
     if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
         raise InvalidArgument(f"{what} must be a timezone-aware datetime (UTC), got {value!r}")
     return value
+
+
+MAX_THRESHOLD = 10.0
+
+
+def check_sample_rate(rate: object) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+        raise InvalidArgument(f"quality sample rate must be a number in [0, 1] (0 turns sampling off), got {rate!r}")
+    return float(rate)
+
+
+def check_threshold(threshold: object) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 < threshold <= MAX_THRESHOLD:
+        raise InvalidArgument(
+            f"quality threshold must be in (0, {MAX_THRESHOLD:g}] nats of mean log-likelihood per token, "
+            f"got {threshold!r}"
+        )
+    return float(threshold)
+
+
+def quality_fields(*, sample_rate: float | None = None, auto_rollback: bool | None = None,
+                   threshold: float | None = None) -> dict[str, float | bool]:
+    """The Deployment columns of a quality policy, checked; only what is given."""
+    fields: dict[str, float | bool] = {}
+    if sample_rate is not None:
+        fields["quality_sample_rate"] = check_sample_rate(sample_rate)
+    if auto_rollback is not None:
+        fields["quality_auto_rollback"] = bool(auto_rollback)
+    if threshold is not None:
+        fields["quality_threshold"] = check_threshold(threshold)
+    return fields

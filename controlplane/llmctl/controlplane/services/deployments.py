@@ -43,13 +43,16 @@ def deploy(
     model: str,
     engine_config: dict[str, Any],
     replicas: int | None = None,
+    quality: dict[str, Any] | None = None,
     actor: str = "admin",
     reason: str = "deploy",
 ) -> tuple[Deployment, Revision, bool]:
     """Create or update a deployment, like `kubectl apply`; the bool says whether a revision was made.
 
     Deploying the model and config the current revision already has makes no revision; `replicas`
-    (default 1 for a new deployment, unchanged otherwise) still applies.
+    (default 1 for a new deployment, unchanged otherwise) still applies. `quality` (the columns from
+    services.quality_fields) is the policy a new deployment starts with; an existing deployment's policy
+    changes through services.quality.set_policy.
     """
     check_name("deployment", name)
     if replicas is not None:
@@ -58,7 +61,7 @@ def deploy(
     with _one_writer(name):
         deployment = _find(session, name, for_update=True)
         if deployment is None:
-            return _create(session, name, model, config, replicas, actor, reason)
+            return _create(session, name, model, config, replicas, quality or {}, actor, reason)
         current = deployment.current_revision
         assert current is not None, f"deployment {name!r} has no current revision"
         revision, created = current, False
@@ -96,6 +99,7 @@ def _create(
     model: str,
     config: dict[str, Any],
     replicas: int | None,
+    quality: dict[str, Any],
     actor: str,
     reason: str,
 ) -> tuple[Deployment, Revision, bool]:
@@ -106,6 +110,7 @@ def _create(
         desired_replicas=1 if replicas is None else replicas,
         created_at=now,
         updated_at=now,
+        **quality,
     )
     session.add(deployment)
     revision = _new_revision(deployment, 1, model, config, actor, reason)
@@ -122,6 +127,7 @@ def _create(
             "previous_revision": None,
             "reason": reason,
             "replicas": deployment.desired_replicas,
+            "quality": {k.removeprefix("quality_"): v for k, v in quality.items()},
         },
     )
     return deployment, revision, True
@@ -328,6 +334,10 @@ def _comparable(stored: dict[str, Any]) -> dict[str, Any]:
         return EngineConfig.from_dict(stored).to_dict()
     except (InvalidRequest, TypeError):
         return stored
+
+
+def exists(session: Session, name: str) -> bool:
+    return session.scalar(select(Deployment.id).where(Deployment.name == name)) is not None
 
 
 def _find(session: Session, name: str, *, for_update: bool = False) -> Deployment | None:

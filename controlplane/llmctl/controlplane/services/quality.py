@@ -21,39 +21,19 @@ from llmctl.controlplane.db.models import (
     Tenant,
     utcnow,
 )
-from llmctl.controlplane.errors import InvalidArgument, NotFound
+from llmctl.controlplane.errors import NotFound
+from llmctl.controlplane.services import quality_fields
 from llmctl.controlplane.services.deployments import get_deployment, get_revision
 from llmctl.controlplane.services.events import record_event
-
-MAX_THRESHOLD = 10.0
-
-
-def check_sample_rate(rate: object) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
-        raise InvalidArgument(f"quality sample rate must be a number in [0, 1] (0 turns sampling off), got {rate!r}")
-    return float(rate)
-
-
-def check_threshold(threshold: object) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0.0 < threshold <= MAX_THRESHOLD:
-        raise InvalidArgument(
-            f"quality threshold must be in (0, {MAX_THRESHOLD:g}] nats of mean log-likelihood per token, "
-            f"got {threshold!r}"
-        )
-    return float(threshold)
 
 
 def set_policy(session: Session, deployment: Deployment, *, sample_rate: float | None = None,
                auto_rollback: bool | None = None, threshold: float | None = None, actor: str = "admin") -> bool:
     """Change the deployment's sampling policy (only what is given); records an event when it changed."""
     changes: dict[str, list[Any]] = {}
-    wanted = {
-        "quality_sample_rate": None if sample_rate is None else check_sample_rate(sample_rate),
-        "quality_auto_rollback": auto_rollback,
-        "quality_threshold": None if threshold is None else check_threshold(threshold),
-    }
+    wanted = quality_fields(sample_rate=sample_rate, auto_rollback=auto_rollback, threshold=threshold)
     for field, value in wanted.items():
-        if value is not None and getattr(deployment, field) != value:
+        if getattr(deployment, field) != value:
             changes[field.removeprefix("quality_")] = [getattr(deployment, field), value]
             setattr(deployment, field, value)
     if not changes:

@@ -1,5 +1,6 @@
 """What every dashboard screen has: the connection line on top, the `/` filter, the last action's result
-and the key bar at the bottom; and how data reaches it (the App calls fleet_changed / events_arrived)."""
+and the key bar at the bottom; and how data reaches it (the App calls fleet_changed / quality_changed /
+events_arrived)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ class DashboardScreen(Screen[None]):
     # -- data from the App --------------------------------------------------------------------------------
     def fleet_changed(self, store: FleetStore) -> None:
         self.query_one(ConnectionStatus).refresh_status()
+
+    def quality_changed(self, store: FleetStore, name: str) -> None:
+        """A new quality report (or error) for deployment `name`, which a screen follows."""
 
     def events_arrived(self, store: FleetStore, events: list[pb.Event]) -> None:
         pass

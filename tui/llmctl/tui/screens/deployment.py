@@ -1,5 +1,6 @@
-"""One deployment (Enter on the Fleet screen): revision history with a config diff between any two
-revisions, its replicas and where they run, TTFT over time, and its recent events."""
+"""One deployment (Enter on the Fleet screen): its quality judgement and sampling policy, revision history
+with a config diff between any two revisions, its replicas (serving and scoring) and where they run,
+latency and quality over time, and its recent events. While it is open the feed polls its quality report."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Static
 
+from llmctl.controlplane.commands.render import quality_policy_dict, quality_policy_text
 from llmctl.controlplane.errors import ControlPlaneError
 from llmctl.controlplane.proto import llmctl_pb2 as pb
-from llmctl.tui.format import milliseconds, number, percent
+from llmctl.tui.format import milliseconds, number, percent, quality_badge
 from llmctl.tui.screens.base import DashboardScreen
 from llmctl.tui.store import FleetStore
 from llmctl.tui.widgets.config_diff import ConfigDiff
 from llmctl.tui.widgets.events_table import DeploymentEventsTable
 from llmctl.tui.widgets.latency_plot import LatencyPlot
+from llmctl.tui.widgets.quality_plot import QualityPlot
 from llmctl.tui.widgets.replicas_table import ReplicasTable
 from llmctl.tui.widgets.revisions_table import RevisionsTable
 
@@ -33,7 +36,8 @@ def summary(deployment: pb.Deployment | None, name: str) -> Text:
     if deployment is None:
         return Text(f"{name}: not on the control plane (deleted, or not loaded yet)", style="yellow")
     d, s = deployment, deployment.stats
-    text = Text.assemble((d.name, "bold"), f"  {d.model}  rev {d.revision}  ",
+    badge = quality_badge(d.quality_state, d.quality.sample_rate > 0, pad=True)
+    text = Text.assemble((d.name, "bold"), " ", badge, f" {d.model}  rev {d.revision}  ",
                          (f"{d.ready_replicas}/{d.desired_replicas} ready",
                           "green" if d.ready_replicas >= d.desired_replicas else "yellow"),
                          f"  {d.weight_quantization or 'none'}/{d.kv_cache_dtype or 'auto'}")
@@ -44,6 +48,17 @@ def summary(deployment: pb.Deployment | None, name: str) -> Text:
                         ("queue", number(_stat(s, "queue_depth"), 0))):
         text.append(f"  {label} ")
         text.append_text(cell)
+    return text
+
+
+def policy_line(deployment: pb.Deployment | None, report: pb.QualityReport | None, error: str) -> Text:
+    """The sampling policy (the quality report's, or the deployment's until a report comes), and why the
+    latest poll of the report failed, if it did."""
+    policy = report.policy if report is not None else deployment.quality if deployment is not None else None
+    text = Text(quality_policy_text(quality_policy_dict(policy)) if policy is not None else "quality: -",
+                style="dim")
+    if error:
+        text.append(f"  quality report: {error}", style="yellow")
     return text
 
 
@@ -68,26 +83,45 @@ class DeploymentScreen(DashboardScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="summary")
+        yield Static(id="quality-policy")
         with Horizontal(id="deployment-top"):
             yield RevisionsTable(id="revisions")
             yield ConfigDiff()
         yield ReplicasTable(id="replicas")
-        with Horizontal(id="deployment-bottom"):
+        with Horizontal(id="deployment-plots"):
             yield LatencyPlot()
-            yield DeploymentEventsTable(limit=200, id="deployment-events")
+            yield QualityPlot()
+        yield DeploymentEventsTable(limit=200, id="deployment-events")
 
     def on_mount(self) -> None:
+        self.dashboard.feed.follow_quality(self.deployment)
         super().on_mount()
         self.query_one(DeploymentEventsTable).border_title = "Recent events"
+        self.quality_changed(self.dashboard.store, self.deployment)
         self.load_revisions()
+
+    def on_unmount(self) -> None:
+        self.dashboard.feed.unfollow_quality(self.deployment)
 
     # -- data ---------------------------------------------------------------------------------------------
     def fleet_changed(self, store: FleetStore) -> None:
         super().fleet_changed(store)
         deployment = store.deployments.get(self.deployment)
         self.query_one("#summary", Static).update(summary(deployment, self.deployment), layout=False)
+        self._show_policy(store)
         self.query_one(ReplicasTable).show(deployment)
         self.query_one(LatencyPlot).show(store.histories.get(self.deployment))
+
+    def quality_changed(self, store: FleetStore, name: str) -> None:
+        if name != self.deployment:
+            return
+        self._show_policy(store)
+        self.query_one(QualityPlot).show(store.quality.get(name), store.quality_errors.get(name, ""))
+
+    def _show_policy(self, store: FleetStore) -> None:
+        line = policy_line(store.deployments.get(self.deployment), store.quality.get(self.deployment),
+                           store.quality_errors.get(self.deployment, ""))
+        self.query_one("#quality-policy", Static).update(line, layout=False)
 
     def events_arrived(self, store: FleetStore, events: list[pb.Event]) -> None:
         mine = [e for e in events if e.deployment == self.deployment]

@@ -1,5 +1,5 @@
-"""The Fleet screen's deployments: live stats and sparklines of tokens/s and queue depth over the last
-minutes, one row per deployment keyed by its name."""
+"""The Fleet screen's deployments: the current revision's quality judgement, live stats and sparklines of
+tokens/s and queue depth over the last minutes, one row per deployment keyed by its name."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 
 from llmctl.controlplane.proto import llmctl_pb2 as pb
-from llmctl.tui.format import milliseconds, na, number, percent, tail
+from llmctl.tui.format import milliseconds, na, number, percent, quality_badge, tail
 from llmctl.tui.history import History
 from llmctl.tui.widgets.keyed_table import Cell, Column, KeyedTable
 from llmctl.tui.widgets.sparkline import sparkline
@@ -15,6 +15,8 @@ from llmctl.tui.widgets.sparkline import sparkline
 TREND_BUCKETS = 12
 TREND_BUCKET_S = 15.0
 """12 buckets of 15 s: the sparklines span the last three minutes."""
+MODEL_WIDTH = 13
+"""Every column fits 120 terminal columns, a vertical scrollbar included; a longer model shows its end."""
 
 
 def _stat(stats: pb.DeploymentStats, name: str) -> float | None:
@@ -31,8 +33,9 @@ def deployment_rows(deployments: Iterable[pb.Deployment],
         queue = history.buckets("queue_depth", TREND_BUCKETS, TREND_BUCKET_S, max)
         rows[d.name] = (
             d.name,
-            tail(d.model, 20),
+            tail(d.model, MODEL_WIDTH),
             str(d.revision),
+            quality_badge(d.quality_state, d.quality.sample_rate > 0),
             f"{d.weight_quantization or 'none'}/{d.kv_cache_dtype or 'auto'}",
             ready,
             number(_stat(d.stats, "requests_per_s")),
@@ -47,9 +50,10 @@ def deployment_rows(deployments: Iterable[pb.Deployment],
 
 class DeploymentsTable(KeyedTable):
     COLUMNS = (
-        Column("name", "NAME", 12),
-        Column("model", "MODEL", 20),
+        Column("name", "NAME", 10),
+        Column("model", "MODEL", MODEL_WIDTH),
         Column("revision", "REV", 3),
+        Column("quality", "QUALITY", 8),
         Column("quant", "W/KV", 9),
         Column("ready", "READY", 5),
         Column("rps", "REQ/S", 5),

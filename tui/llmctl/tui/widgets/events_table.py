@@ -13,8 +13,10 @@ from llmctl.tui.widgets.keyed_table import Cell, Column, KeyedTable
 
 
 def _kind_style(kind: str) -> str:
-    if kind.endswith(("failed", "unhealthy", "lost", "gave_up", "unschedulable")):
+    if kind.endswith(("failed", "unhealthy", "lost", "gave_up", "unschedulable", "degraded")):
         return "red"
+    if kind.endswith("watch"):  # quality.watch: a heads-up, not an alarm
+        return "yellow"
     if kind.endswith(("completed", "healthy", "registered")):
         return "green"
     return ""

@@ -94,6 +94,11 @@ class KeyedTable(DataTable[Cell]):
     def row_data(self, key: str) -> tuple[Cell, ...] | None:
         return self._all.get(key)
 
+    def cell(self, key: str, column: str) -> Cell | None:
+        """Row `key`'s cell in the column whose Column.key is `column`; None when there is no such row."""
+        cells = self._all.get(key)
+        return None if cells is None else cells[[c.key for c in self.COLUMNS].index(column)]
+
     @property
     def cursor_key(self) -> str | None:
         """The key of the highlighted row; None when the table shows no rows."""
