@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.factories import serve_process
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ("kernels", "agent", "controlplane", "tui", "migrations")
@@ -110,28 +110,8 @@ def test_llmctl_generate_and_serve_work_from_any_directory(where: str, smollm2_p
     out = run([llmctl, "generate", "smollm2-135m", "What is 2+2? Answer with one number.", "--max-tokens", "6"],
               cwd=cwd).stdout  # fmt: skip
     assert "4" in out
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # `python -m` puts the working directory first on sys.path as well.
-    proc = subprocess.Popen([sys.executable, "-m", "llmctl.controlplane.cli", "serve", "smollm2-135m", "--port",
-                             str(port), "--served-model-name", "smol"], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "llmctl serve did not start"
-            time.sleep(0.2)
+    # `llmctl serve` runs as `python -m llmctl.controlplane.cli`, which puts its working directory first on sys.path.
+    with serve_process("smollm2-135m", "--served-model-name", "smol", cwd=cwd) as url:
         reply = httpx.post(url + "/v1/chat/completions", timeout=60, json={
             "model": "smol", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4})
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] > 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmctl.agent.engine.quantization.checkpoint import quantize_to_folder
+from tests.factories import serve_process
 
 
 @pytest.fixture(scope="module")
 def awq_server(tiny_llama, tmp_path_factory):
     folder = quantize_to_folder(str(tiny_llama), "awq", tmp_path_factory.mktemp("awq-serve") / "m").out
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmctl.controlplane.cli", "serve", str(folder), "--port", str(port),
-         "--served-model-name", "tiny-awq", "--dtype", "float32", "--num-kv-blocks", "64"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serve_process(str(folder), "--served-model-name", "tiny-awq", "--dtype", "float32", "--num-kv-blocks",
+                       "64", timeout_s=90) as url:
+        yield url
 
 
 def test_awq_model_answers_chat_through_the_openai_client(awq_server):
