@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import queue
 import sys
 import tempfile
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmctl.controlplane.quality.worker import QUEUE_SIZE, QualityWorker
     from llmctl.controlplane.services import deployments, tenants
 
+    logging.getLogger("llmctl.controlplane.quality").setLevel(logging.ERROR)  # every sample: "no scorer"
     tmp = Path(tempfile.mkdtemp(prefix="bench-quality-sampling-"))
     url = f"sqlite:///{tmp / 'llmctl.db'}"
     upgrade_database(url)

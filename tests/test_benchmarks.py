@@ -51,3 +51,19 @@ def test_bench_engine_kernels_on_cpu_runs_the_reference_engine_and_writes_engine
         assert run["decode_tokens"] == run["batch"] * (data["output_len"] - 1)
         assert run["decode_tokens_per_s"] > 0 and run["total_s"] >= run["decode_s"] > 0
     assert [r["batch"] for r in data["ratios"]] == [1, 4]
+
+
+def test_bench_quality_sampling_measures_both_arms_and_writes_json(tmp_path):
+    out = tmp_path / "sampling.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_quality_sampling.py"), "--requests", "20",
+         "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "sampled - unsampled: p50" in done.stdout
+    data = json.loads(out.read_text())
+    assert set(data["arms"]) == {"sampled", "unsampled"} and data["samples_queued"] == 10
+    for arm in data["arms"].values():
+        assert 0 < arm["p50_ms"] <= arm["p95_ms"]
+    assert len(data["difference_ms"]["p50"]) == len(data["difference_ms"]["p95"]) == 3  # estimate, 95% CI
