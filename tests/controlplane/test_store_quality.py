@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from llmctl.controlplane.db.models import QualitySample, QualityState, SampleStatus, utcnow
+from llmctl.controlplane.db.models import QualitySample, QualityState, RevisionQuality, SampleStatus, utcnow
 from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.errors import InvalidArgument, NotFound
 from llmctl.controlplane.services import deployments, quality, tenants
@@ -110,3 +110,17 @@ def test_scores_drops_and_judgements_add_up_per_revision(db_factory: sessionmake
         assert pending.status == SampleStatus.PENDING
         events = [e for e in list_events(session) if e.kind.startswith("quality.")]
         assert [(e.kind, e.details["revision"]) for e in events] == [("quality.watch", 2)]
+
+
+def test_deleting_a_deployment_deletes_its_samples_and_judgements(db_factory: sessionmaker[Session]) -> None:
+    with session_scope(db_factory) as session:
+        deploy(session)
+        quality.set_reference(session, name="chat", revision=1)
+        store(session, None)
+        quality.count_dropped(session, deployment_id=deployments.get_deployment(session, "chat").id, revision=1,
+                              count=1)
+    with session_scope(db_factory) as session:
+        deployments.delete_deployment(session, name="chat")
+    with session_scope(db_factory) as session:
+        assert session.scalar(select(func.count()).select_from(QualitySample)) == 0
+        assert session.scalar(select(func.count()).select_from(RevisionQuality)) == 0
