@@ -21,7 +21,6 @@ from llmctl.controlplane.db.models import (
     Tenant,
     utcnow,
 )
-from llmctl.controlplane.errors import NotFound
 from llmctl.controlplane.services import quality_fields
 from llmctl.controlplane.services.deployments import get_deployment, get_revision
 from llmctl.controlplane.services.events import record_event
@@ -237,9 +236,3 @@ def interval(values: list[float], confidence: float = 0.95) -> tuple[float, floa
     low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=sem)
     return mean, float(low), float(high)
 
-
-def get_sample_deployment(session: Session, sample: QualitySample) -> Deployment:
-    deployment = session.get(Deployment, sample.deployment_id)
-    if deployment is None:
-        raise NotFound(f"deployment {sample.deployment_id} of quality sample {sample.id} is gone")
-    return deployment
