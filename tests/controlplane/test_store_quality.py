@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from llmctl.controlplane.db.models import QualitySample, QualityState, RevisionQuality, SampleStatus, utcnow
 from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.errors import InvalidArgument, NotFound
+from llmctl.controlplane.jobs import purge_quality_samples
 from llmctl.controlplane.services import deployments, quality, tenants
 from llmctl.controlplane.services.events import list_events
 
@@ -74,14 +75,16 @@ def test_an_opted_out_tenant_is_never_stored_and_opting_out_deletes_its_samples(
         assert store(session, acme.id) is None
 
 
-def test_expired_samples_are_purged_and_recent_ones_kept(db_factory: sessionmaker[Session]) -> None:
+def test_expired_samples_are_purged_by_the_job_and_recent_ones_kept(db_factory: sessionmaker[Session]) -> None:
     with session_scope(db_factory) as session:
         deploy(session)
         old, recent = store(session, None), store(session, None)
         old.at = utcnow() - timedelta(days=8)
-        session.flush()
-        assert quality.purge_expired(session, before=utcnow() - timedelta(days=7)) == 1
-        assert [s.id for s in session.scalars(select(QualitySample))] == [recent.id]
+        recent_id = recent.id
+    assert purge_quality_samples(db_factory, retention_s=7 * 24 * 3600) == 1
+    assert purge_quality_samples(db_factory, retention_s=7 * 24 * 3600) == 0
+    with session_scope(db_factory) as session:
+        assert [s.id for s in session.scalars(select(QualitySample))] == [recent_id]
 
 
 def test_scores_drops_and_judgements_add_up_per_revision(db_factory: sessionmaker[Session]) -> None:
