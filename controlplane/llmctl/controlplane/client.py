@@ -223,6 +223,12 @@ class AdminClient:
             )
         if code == grpc.StatusCode.UNAVAILABLE:
             return Unavailable(details)  # the server answered, e.g. that its database is down
+        if code == grpc.StatusCode.CANCELLED:
+            # A unary call is never cancelled from this side: the server stopped while answering it.
+            return Unavailable(
+                f"control plane at {self.address} is unreachable (it stopped while answering); "
+                "is `llmctl server` running there?"
+            )
         if code in _ERRORS:
             return _ERRORS[code](details or code.name.lower())
         name = code.name if code is not None else "UNKNOWN"
