@@ -50,7 +50,8 @@ def question_prompts() -> list[str]:
 def corpus_prompts() -> list[str]:
     """Per corpus paragraph, alternately: continue its first sentence, or summarize its first three."""
     paragraphs = [
-        line.strip() for line in (DATA / "eval_corpus.txt").read_text().splitlines()
+        line.strip()
+        for line in (DATA / "eval_corpus.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     prompts = []
@@ -65,24 +66,37 @@ def corpus_prompts() -> list[str]:
 
 def spread(pool: list[str], n: int) -> list[str]:
     """n items evenly spaced over the pool (repeating it when n exceeds its size)."""
-    return [pool[(i * len(pool)) // n % len(pool)] if n <= len(pool) else pool[i % len(pool)] for i in range(n)]
+    return [
+        pool[(i * len(pool)) // n % len(pool)] if n <= len(pool) else pool[i % len(pool)] for i in range(n)
+    ]
 
 
 def build_prompts(n: int) -> list[str]:
     """Two questions, then one corpus instruction, repeated: deterministic and mixed at any n."""
     n_corpus = n // 3
-    questions, corpus = iter(spread(question_prompts(), n - n_corpus)), iter(spread(corpus_prompts(), n_corpus))
+    questions, corpus = (
+        iter(spread(question_prompts(), n - n_corpus)),
+        iter(spread(corpus_prompts(), n_corpus)),
+    )
     return [next(corpus) if i % 3 == 2 else next(questions) for i in range(n)]
 
 
 # -- generation and scoring -------------------------------------------------------------------------
 def make_engine(model: str, config: str, max_seqs: int) -> LLMEngine:
     quantization = None if config == REFERENCE else config
-    return LLMEngine(EngineConfig(model=model, dtype="float32", quantization=quantization, max_num_seqs=max_seqs))
+    return LLMEngine(
+        EngineConfig(model=model, dtype="float32", quantization=quantization, max_num_seqs=max_seqs)
+    )
 
 
-def generate_runs(engine: LLMEngine, config: str, prompt_ids: list[list[int]], max_tokens: int,
-                  seed_offsets: dict[str, int], timings: dict[str, float]) -> dict[str, list[str]]:
+def generate_runs(
+    engine: LLMEngine,
+    config: str,
+    prompt_ids: list[list[int]],
+    max_tokens: int,
+    seed_offsets: dict[str, int],
+    timings: dict[str, float],
+) -> dict[str, list[str]]:
     """Answer texts of every regime (and the reference's second sampled run) for this config."""
     runs = {f"{config}/{regime}": regime for regime in REGIMES}
     if config == REFERENCE:
@@ -91,7 +105,9 @@ def generate_runs(engine: LLMEngine, config: str, prompt_ids: list[list[int]], m
     for name, regime in runs.items():
         offset = seed_offsets.get(name)
         params = [
-            SamplingParams(max_tokens=max_tokens, seed=None if offset is None else offset + i, **REGIMES[regime])
+            SamplingParams(
+                max_tokens=max_tokens, seed=None if offset is None else offset + i, **REGIMES[regime]
+            )
             for i in range(len(prompt_ids))
         ]
         start = time.perf_counter()
@@ -113,8 +129,10 @@ def score_run(reference: LLMEngine, prompt_ids: list[list[int]], texts: list[str
         size = 0 if item is None else len(prompt_ids[item[0]]) + len(item[1])
         if batch and (item is None or batch_tokens + size > SCORE_TOKENS):
             logits = reference.score([prompt_ids[i] + answer for i, answer in batch])
-            records.extend(answer_scores(i, len(prompt_ids[i]), answer, rows, text=texts[i])
-                           for (i, answer), rows in zip(batch, logits, strict=True))
+            records.extend(
+                answer_scores(i, len(prompt_ids[i]), answer, rows, text=texts[i])
+                for (i, answer), rows in zip(batch, logits, strict=True)
+            )
             batch, batch_tokens = [], 0
         if item is not None:
             batch.append(item)
@@ -123,12 +141,19 @@ def score_run(reference: LLMEngine, prompt_ids: list[list[int]], texts: list[str
 
 
 def answer_scores(prompt: int, prompt_len: int, answer: list[int], logits: torch.Tensor, text: str) -> dict:
-    rows = logits[prompt_len - 1 : prompt_len - 1 + len(answer)]  # [answer_len, vocab]: row j predicts answer[j]
+    rows = logits[
+        prompt_len - 1 : prompt_len - 1 + len(answer)
+    ]  # [answer_len, vocab]: row j predicts answer[j]
     targets = torch.tensor(answer)[:, None]
     logprobs = rows.gather(1, targets)[:, 0] - rows.logsumexp(-1)
     top1 = (rows.argmax(-1) == targets[:, 0]).float().mean()
-    return {"prompt": prompt, "tokens": len(answer), "mean_logprob": round(logprobs.mean().item(), 5),
-            "top1": round(top1.item(), 5), "text": text}
+    return {
+        "prompt": prompt,
+        "tokens": len(answer),
+        "mean_logprob": round(logprobs.mean().item(), 5),
+        "top1": round(top1.item(), 5),
+        "text": text,
+    }
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -160,15 +185,21 @@ def compare(candidate: list[dict], reference: list[dict]) -> dict:
 
 
 def print_report(runs: dict[str, list[dict]], skipped: dict[str, int]) -> dict[str, dict]:
-    print(f"\n{'run':26} {'n':>4} {'empty':>5} | {'mean_logprob: mean':>18} {'sd':>6} {'q1':>8} {'median':>8} "
-          f"{'q3':>8} | {'top1: mean':>10} {'sd':>6} {'q1':>8} {'median':>8} {'q3':>8}")
+    print(
+        f"\n{'run':26} {'n':>4} {'empty':>5} | {'mean_logprob: mean':>18} {'sd':>6} {'q1':>8} {'median':>8} "
+        f"{'q3':>8} | {'top1: mean':>10} {'sd':>6} {'q1':>8} {'median':>8} {'q3':>8}"
+    )
     for name, records in runs.items():
         if records:
-            print(f"{name:26} {len(records):4d} {skipped[name]:5d} | {describe([r['mean_logprob'] for r in records]):>48}"
-                  f" | {describe([r['top1'] for r in records]):>44}")
+            print(
+                f"{name:26} {len(records):4d} {skipped[name]:5d} | {describe([r['mean_logprob'] for r in records]):>48}"
+                f" | {describe([r['top1'] for r in records]):>44}"
+            )
     comparisons = {}
-    print(f"\n{'candidate vs reference':44} {'pairs':>5} | {'d_logprob':>9} {'MWU p':>9} {'AUC':>5} {'Wilc p':>9} | "
-          f"{'d_top1':>7} {'MWU p':>9} {'AUC':>5} {'Wilc p':>9}")
+    print(
+        f"\n{'candidate vs reference':44} {'pairs':>5} | {'d_logprob':>9} {'MWU p':>9} {'AUC':>5} {'Wilc p':>9} | "
+        f"{'d_top1':>7} {'MWU p':>9} {'AUC':>5} {'Wilc p':>9}"
+    )
     for name, records in runs.items():
         regime = name.split("/")[1]
         base = f"{REFERENCE}/{regime}"
@@ -176,9 +207,11 @@ def print_report(runs: dict[str, list[dict]], skipped: dict[str, int]) -> dict[s
             continue
         c = comparisons[name] = compare(records, runs[base])
         lp, t1 = c["mean_logprob"], c["top1"]
-        print(f"{name + ' vs ' + base:44} {c['pairs']:5d} | {lp['mean_paired_diff']:+9.4f} {lp['mwu_p']:9.2e} "
-              f"{lp['auc']:5.3f} {lp['wilcoxon_p']:9.2e} | {t1['mean_paired_diff']:+7.4f} {t1['mwu_p']:9.2e} "
-              f"{t1['auc']:5.3f} {t1['wilcoxon_p']:9.2e}")
+        print(
+            f"{name + ' vs ' + base:44} {c['pairs']:5d} | {lp['mean_paired_diff']:+9.4f} {lp['mwu_p']:9.2e} "
+            f"{lp['auc']:5.3f} {lp['wilcoxon_p']:9.2e} | {t1['mean_paired_diff']:+7.4f} {t1['mwu_p']:9.2e} "
+            f"{t1['auc']:5.3f} {t1['wilcoxon_p']:9.2e}"
+        )
     return comparisons
 
 
@@ -188,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--prompts", type=int, default=150)
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--configs", default=",".join((REFERENCE, "int8", "rtn4")),
-                        help=f"comma-separated from {REFERENCE},{','.join(QUANTIZATIONS)}; the reference always runs")
+    parser.add_argument(
+        "--configs",
+        default=",".join((REFERENCE, "int8", "rtn4")),
+        help=f"comma-separated from {REFERENCE},{','.join(QUANTIZATIONS)}; the reference always runs",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 prompts, 8 tokens")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality-calibration.json"))
     args = parser.parse_args(argv)
@@ -232,9 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     comparisons = print_report(runs, skipped)
     print(f"\ntimings (s): {json.dumps(timings)}")
     meta = {
-        "model": args.model, "prompts": args.prompts, "max_tokens": args.max_tokens, "dtype": "float32",
-        "regimes": REGIMES, "seed_offsets": seed_offsets, "skipped_empty": skipped, "seconds": timings,
-        "torch_threads": torch.get_num_threads(), "comparisons": comparisons, "prompt_texts": prompts,
+        "model": args.model,
+        "prompts": args.prompts,
+        "max_tokens": args.max_tokens,
+        "dtype": "float32",
+        "regimes": REGIMES,
+        "seed_offsets": seed_offsets,
+        "skipped_empty": skipped,
+        "seconds": timings,
+        "torch_threads": torch.get_num_threads(),
+        "comparisons": comparisons,
+        "prompt_texts": prompts,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1) + "\n")
