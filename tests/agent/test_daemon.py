@@ -366,7 +366,7 @@ def test_a_frozen_control_plane_is_noticed_by_its_silence_and_the_agent_reconnec
     server = subprocess.Popen(
         [sys.executable, "-m", "llmctl.controlplane.cli", "server", "--grpc-port", str(grpc_port), "--gateway-port", "0",
          "--database-url", f"sqlite:///{home / 'llmctl.db'}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("wb"),
     )
     daemon = None
     try:
@@ -384,7 +384,11 @@ def test_a_frozen_control_plane_is_noticed_by_its_silence_and_the_agent_reconnec
         noticed = time.monotonic() - frozen_at
         assert noticed < 15  # 3 silent intervals of 2 s + 2 s, with room for a loaded machine (never without pings)
         server.send_signal(signal.SIGCONT)
-        wait_until(lambda: daemon.connected, 30, "the agent to reconnect")
+        try:
+            wait_until(lambda: daemon.connected, 30, "the agent to reconnect")
+        except AssertionError as e:  # say whether the control plane itself survived, and why not
+            log = (tmp_path / "server.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"{e}; control plane exit code {server.poll()}; its log:\n{log}") from None
     finally:
         server.send_signal(signal.SIGCONT)
         if daemon is not None:
