@@ -252,9 +252,7 @@ class Reconciler:
                                    permanent=gave_up is not None)
                 revision = _current(deployment)
                 rollout = self._track_rollout(session, deployment, revision, rows)
-        members = [Member(r.id, r.revision_id, r.state == ReplicaState.READY,
-                          r.node is not None and r.node.state == NodeState.DRAINING)
-                   for r in rows if r.state != ReplicaState.DRAINING]
+        members = _members(rows)
         plan = plan_deployment(deployment.desired_replicas, revision.id, members,
                                may_start=not rollout.hold_starts)
         by_id = {r.id: r for r in rows}
@@ -274,9 +272,7 @@ class Reconciler:
         sampling = deployment.quality_sample_rate > 0 and deployment.desired_replicas > 0
         work.sample_rates[deployment.name] = deployment.quality_sample_rate if sampling else 0.0
         wanted = reference if sampling else None
-        members = [Member(r.id, r.revision_id, r.state == ReplicaState.READY,
-                          r.node is not None and r.node.state == NodeState.DRAINING)
-                   for r in rows if r.state != ReplicaState.DRAINING]
+        members = _members(rows)
         plan = plan_deployment(1 if wanted is not None else 0, wanted.id if wanted is not None else -1, members)
         by_id = {r.id: r for r in rows}
         for replica_id, why in plan.stop:
@@ -459,6 +455,13 @@ class Reconciler:
 def _wanted_on(known: tuple[ReplicaState, str | None] | None, node: str) -> bool:
     """Whether the control plane still wants this replica running on `node`."""
     return known is not None and known[0] != ReplicaState.DRAINING and known[1] == node
+
+
+def _members(rows: list[Replica]) -> list[Member]:
+    """The replicas planning counts: every one not already draining."""
+    return [Member(r.id, r.revision_id, r.state == ReplicaState.READY,
+                   r.node is not None and r.node.state == NodeState.DRAINING)
+            for r in rows if r.state != ReplicaState.DRAINING]
 
 
 def _current(deployment: Deployment) -> Revision:

@@ -18,7 +18,7 @@ from llmctl.controlplane.commands.common import (
     print_json,
     print_table,
 )
-from llmctl.controlplane.commands.render import quality_policy_dict, quality_policy_text, when
+from llmctl.controlplane.commands.render import number, quality_policy_dict, quality_policy_text, when
 
 SHOW = "show"
 
@@ -121,8 +121,8 @@ def samples(
         None,
         ["ID", "REV", "AT", "TENANT", "STATUS", "LOGPROB/TOK", "REF", "TOP-1", "PROMPT", "ANSWER"],
         [
-            [s["id"], s["revision"], when(s["at"]), s["tenant"], s["status"], _num(s["mean_logprob"]),
-             _num(s["baseline_mean_logprob"]), _num(s["top1"]), _short(_prompt_text(s["request"])),
+            [s["id"], s["revision"], when(s["at"]), s["tenant"], s["status"], number(s["mean_logprob"], 3),
+             number(s["baseline_mean_logprob"], 3), number(s["top1"], 3), _short(_prompt_text(s["request"])),
              _short(s["answer"] or s["error"] or "")]
             for s in rows
         ],
@@ -167,6 +167,3 @@ def _short(text: str, width: int = 40) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
-
-def _num(value: float | None) -> str | None:
-    return None if value is None else f"{value:.3f}"

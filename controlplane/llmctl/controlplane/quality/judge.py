@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import median
 
 from llmctl.controlplane.db.models import QualityState
 
@@ -77,7 +78,7 @@ def judge(pairs: list[ScoredPair], threshold: float, policy: JudgePolicy = Judge
     # Two tests at each look: each gets half of the look's alpha.
     state = (QualityState.DEGRADED if p < policy.degraded_alpha / 2
              else QualityState.WATCH if p < policy.watch_alpha / 2 else QualityState.OK)
-    return Verdict(state, len(window), p, _median(logprob), _median(top1))
+    return Verdict(state, len(window), p, median(logprob), median(top1))
 
 
 def _loss_p_value(changes: list[float], tolerance: float) -> float:
@@ -90,8 +91,3 @@ def _loss_p_value(changes: list[float], tolerance: float) -> float:
     p = float(stats.wilcoxon(shifted, alternative="less", zero_method="zsplit").pvalue)
     return 1.0 if math.isnan(p) else p
 
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
