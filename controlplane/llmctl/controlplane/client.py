@@ -197,6 +197,26 @@ class AdminClient:
     def set_quality_reference(self, name: str, revision: int) -> pb.Deployment:
         return self._call("SetQualityReference", pb.SetQualityReferenceRequest(name=name, revision=revision))
 
+    # Optimization runs
+
+    def start_optimization(self, deployment: str, goal: str, options: dict[str, Any]) -> pb.OptimizationRun:
+        """Start a run; options holds OptimizeOptions fields other than the goal (absent ones: defaults)."""
+        request = pb.StartOptimizationRequest(deployment=deployment, goal=goal, options_json=json.dumps(options))
+        return self._call("StartOptimization", request)
+
+    def get_optimization(self, *, run_id: int = 0, deployment: str = "") -> pb.OptimizationRun:
+        """One run by id, or (run_id 0) the newest run of `deployment`, with its report_json."""
+        return self._call("GetOptimization", pb.GetOptimizationRequest(id=run_id, deployment=deployment))
+
+    def list_optimizations(self, deployment: str = "", limit: int = 0) -> list[pb.OptimizationRun]:
+        """Newest first, without report_json; deployment "" lists every deployment's runs."""
+        request = pb.ListOptimizationsRequest(deployment=deployment, limit=limit)
+        return list(self._call("ListOptimizations", request).runs)
+
+    def cancel_optimization(self, *, run_id: int = 0, deployment: str = "") -> pb.OptimizationRun:
+        """Stop a run (run_id 0: the running run of `deployment`) and its trial replicas."""
+        return self._call("CancelOptimization", pb.CancelOptimizationRequest(id=run_id, deployment=deployment))
+
     # Plumbing
 
     def _call(self, method: str, request: Any) -> Any:

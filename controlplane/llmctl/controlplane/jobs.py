@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from llmctl.controlplane.db.models import utcnow
 from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.errors import ControlPlaneError
+from llmctl.controlplane.optimizer.runner import Optimizer
 from llmctl.controlplane.reconciler import Reconciler
 from llmctl.controlplane.services import quality as quality_service
 
@@ -26,6 +27,8 @@ logger = logging.getLogger("llmctl.controlplane.jobs")
 RECONCILE = "reconcile"
 STALE_NODES = "stale-nodes"
 QUALITY_PURGE = "quality-purge"
+OPTIMIZE = "optimize"
+OPTIMIZE_EVERY_S = 2.0
 QUALITY_PURGE_EVERY_S = 600.0
 
 
@@ -37,14 +40,19 @@ class Job:
 
 
 def control_plane_jobs(reconciler: Reconciler, *, reconcile_interval_s: float, node_timeout_s: float,
-                       db: sessionmaker[Session] | None = None, quality_retention_s: float | None = None) -> list[Job]:
+                       db: sessionmaker[Session] | None = None, quality_retention_s: float | None = None,
+                       optimizer: Optimizer | None = None) -> list[Job]:
     """The schedule. The stale-node check runs often enough that a dead node is noticed within about a
     fifth of node_timeout_s after its deadline passes. Stored quality samples older than the retention
-    period are purged every QUALITY_PURGE_EVERY_S (or sooner for a shorter retention)."""
+    period are purged every QUALITY_PURGE_EVERY_S (or sooner for a shorter retention). The optimizer moves
+    its runs forward every OPTIMIZE_EVERY_S, and at once when woken (a measurement came back, a run
+    started); it runs on this thread, so it never races the reconciler over trial replicas."""
     jobs = [
         Job(STALE_NODES, every_s=max(0.2, min(1.0, node_timeout_s / 5)), run=reconciler.check_stale_nodes),
         Job(RECONCILE, every_s=reconcile_interval_s, run=reconciler.reconcile),
     ]
+    if optimizer is not None:
+        jobs.append(Job(OPTIMIZE, every_s=OPTIMIZE_EVERY_S, run=optimizer.tick))
     if db is not None and quality_retention_s is not None:
         retention = quality_retention_s
         jobs.append(Job(QUALITY_PURGE, every_s=min(QUALITY_PURGE_EVERY_S, max(0.2, retention / 4)),

@@ -18,6 +18,10 @@ deployment is then rolled back to the revision still serving. When its replicas 
 nothing serves to roll back to, no more of them are started until an operator changes the deployment.
 The rules of what to start, stop and where are pure functions in planning.py.
 
+Optimization runs start and stop their own TRIAL replicas (the optimizer job, on this same thread); they
+are placed on nodes and count against capacity like any replica, are never routed, and are stopped here
+when their run is over.
+
 Quality sampling: while a deployment samples answers (sample rate > 0) it also keeps one SCORE replica of
 its quality reference revision, placed like any replica but never routed by the gateway; its URL goes to
 the quality worker instead, and the sample rates to the gateway's sampler.
@@ -37,10 +41,12 @@ from llmctl.controlplane.db.models import (
     Deployment,
     Node,
     NodeState,
+    OptimizationRun,
     Replica,
     ReplicaRole,
     ReplicaState,
     Revision,
+    RunState,
 )
 from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.fleet import LIVE_AGENT_STATES, Fleet
@@ -188,6 +194,7 @@ class Reconciler:
                                        by_name, rooms, work)
             self._reconcile_scorer(session, deployment, [r for r in mine if r.role == ReplicaRole.SCORE],
                                    by_name, rooms, work)
+            self._reconcile_trials(session, [r for r in mine if r.role == ReplicaRole.TRIAL], work)
         for name in set(self._rollouts) - {d.name for d in deployments}:
             del self._rollouts[name]
         rows = live_replicas(session)  # as decided: new ones in, stopped ones out
@@ -282,6 +289,15 @@ class Reconciler:
             create_replica(session, deployment=deployment, revision=wanted, node=nodes[node_name],
                            role=ReplicaRole.SCORE)
             self.metrics.actions.labels("start").inc()
+
+    def _reconcile_trials(self, session: Session, rows: list[Replica], work: _Pass) -> None:
+        """Trial replicas are the optimizer's to start and stop; any whose run is over stops here too (a run
+        that ended while its control plane was down, or a stop lost on the way)."""
+        for replica in rows:
+            run = session.get(OptimizationRun, replica.optimization_run_id) \
+                if replica.optimization_run_id is not None else None
+            if run is None or run.state != RunState.RUNNING:
+                self._stop(session, replica, "its optimization run is over", work)
 
     def _track_rollout(self, session: Session, deployment: Deployment, revision: Revision,
                        rows: list[Replica]) -> Rollout:

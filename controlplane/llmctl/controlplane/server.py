@@ -28,10 +28,12 @@ from prometheus_client import CollectorRegistry
 
 from llmctl.controlplane.errors import InvalidArgument, Unavailable
 from llmctl.controlplane.fleet import Fleet
+from llmctl.controlplane.gateway.pricing import PriceTable
 from llmctl.controlplane.gateway.routes import RouteTable
 from llmctl.controlplane.gateway.sampling import QualitySampler, SamplingTable
-from llmctl.controlplane.jobs import RECONCILE, JobRunner, control_plane_jobs
+from llmctl.controlplane.jobs import OPTIMIZE, RECONCILE, JobRunner, control_plane_jobs
 from llmctl.controlplane.metrics import ControlPlaneMetrics
+from llmctl.controlplane.optimizer.runner import Optimizer
 from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
 from llmctl.controlplane.quality.worker import QUEUE_SIZE, QualityWorker
 from llmctl.controlplane.reconciler import ReconcilePolicy, Reconciler
@@ -119,6 +121,7 @@ class ControlPlane:
         self._gateway_thread: threading.Thread | None = None
         self._jobs: JobRunner | None = None
         self.reconciler: Reconciler | None = None
+        self.optimizer: Optimizer | None = None
 
     def start(self) -> None:
         from llmctl.agent.engine.paths import llmctl_home
@@ -143,20 +146,26 @@ class ControlPlane:
                                      rollout_timeout_s=config.rollout_timeout_s)
             self.reconciler = reconciler = Reconciler(db, self.fleet, self.routes, policy, metrics,
                                                       sampling=self.sampling)
-            jobs = control_plane_jobs(reconciler, reconcile_interval_s=config.reconcile_interval_s,
-                                      node_timeout_s=config.node_timeout_s, db=db,
-                                      quality_retention_s=config.quality_retention_s)
-            runner = self._jobs = JobRunner(jobs)
+            pricing = PriceTable.from_file(config.price_table) if config.price_table else PriceTable()
 
             def poke() -> None:  # something changed: reconcile now, not at the next tick
                 runner.wake(RECONCILE)
+
+            def poke_optimizer() -> None:
+                runner.wake(OPTIMIZE)
+
+            self.optimizer = Optimizer(db, self.fleet, pricing=pricing, on_change=poke, wake=poke_optimizer)
+            jobs = control_plane_jobs(reconciler, reconcile_interval_s=config.reconcile_interval_s,
+                                      node_timeout_s=config.node_timeout_s, db=db,
+                                      quality_retention_s=config.quality_retention_s, optimizer=self.optimizer)
+            runner = self._jobs = JobRunner(jobs)
 
             self.quality = QualityWorker(db, self.sampler, on_rollback=poke, registry=self.registry)
 
             # Routes from SQL before anything listens, so the gateway serves from its first request.
             reconciler.reconcile()
-            self._start_grpc(db, poke)
-            self._start_gateway(db)
+            self._start_grpc(db, poke, poke_optimizer)
+            self._start_gateway(db, pricing)
             self._jobs.start()
             self.quality.start()
         except BaseException:
@@ -164,7 +173,7 @@ class ControlPlane:
             raise
         logger.info("control plane listening: gRPC %s, gateway %s", self.grpc_address, self.gateway_url)
 
-    def _start_grpc(self, db: Any, poke: Callable[[], None]) -> None:
+    def _start_grpc(self, db: Any, poke: Callable[[], None], poke_optimizer: Callable[[], None]) -> None:
         config = self.config
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="llmctl-grpc"),
@@ -172,10 +181,12 @@ class ControlPlane:
                           ErrorInterceptor()],
         )
         pb_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(db, self.fleet, heartbeat_interval_s=config.heartbeat_interval_s, on_change=poke),
+            AgentServicer(db, self.fleet, heartbeat_interval_s=config.heartbeat_interval_s, on_change=poke,
+                          on_measurement=self.optimizer.record_result if self.optimizer else None),
             server)
         pb_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(db, self.fleet, on_change=poke, stopping=self._stopping), server)
+            AdminServicer(db, self.fleet, on_change=poke, stopping=self._stopping, optimizer=self.optimizer,
+                          on_optimize=poke_optimizer), server)
         address = _join(config.grpc_host, config.grpc_port)
         try:
             port = server.add_insecure_port(address)
@@ -188,14 +199,12 @@ class ControlPlane:
         self._grpc = server
         self.grpc_address = _join(config.grpc_host, port)
 
-    def _start_gateway(self, db: Any) -> None:
+    def _start_gateway(self, db: Any, pricing: PriceTable) -> None:
         import uvicorn
 
         from llmctl.controlplane.gateway.app import build_gateway_app
-        from llmctl.controlplane.gateway.pricing import PriceTable
 
         config = self.config
-        pricing = PriceTable.from_file(config.price_table) if config.price_table else PriceTable()
         assert self.reconciler is not None
         app = build_gateway_app(routes=self.routes, db_factory=db, pricing=pricing,
                                 gpu_of=self.reconciler.gpu_of, metrics_registry=self.registry,

@@ -48,9 +48,9 @@ class WaitTimedOut(ControlPlaneError):
 
 
 def rollout_progress(deployment: Any, revision: int) -> tuple[int, int, int]:
-    """(ready replicas at `revision`, desired replicas, ready replicas still at another revision); a quality
-    scorer replica is not one of them (it serves no traffic)."""
-    ready = [r for r in deployment.replicas if _state(r) == "READY" and r.role != "score"]
+    """(ready replicas at `revision`, desired replicas, ready replicas still at another revision); quality
+    scorer and optimizer trial replicas are not among them (they serve no traffic)."""
+    ready = [r for r in deployment.replicas if _state(r) == "READY" and r.role in ("serve", "")]
     new = sum(1 for r in ready if r.revision == revision)
     return new, deployment.desired_replicas, len(ready) - new
 

@@ -89,12 +89,39 @@ class ReplicaRole(enum.StrEnum):
     """Routed by the gateway: a replica of the deployment's current (or a still-serving) revision."""
     SCORE = "score"
     """Never routed: the deployment's quality reference, which scores sampled answers."""
+    TRIAL = "trial"
+    """Never routed: an optimization run's current best or candidate configuration, measured side by side."""
 
 
 class QualityState(enum.StrEnum):
     OK = "ok"
     WATCH = "watch"
     DEGRADED = "degraded"
+
+
+class RunState(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    KEPT = "kept"
+    REJECTED = "rejected"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class MeasurementState(enum.StrEnum):
+    PENDING = "pending"
+    """Stored; sent to the node's agent (again after a reconnect or a control-plane restart) until it answers."""
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class SampleStatus(enum.StrEnum):
@@ -237,6 +264,12 @@ class Replica(Base):
     url: Mapped[str | None] = mapped_column(String(512))
     error: Mapped[str | None] = mapped_column(Text)
     restarts: Mapped[int] = mapped_column(default=0)
+    engine_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    """A TRIAL replica's engine config (its revision gives the model); None: the revision's config."""
+    optimization_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("optimization_runs.id", ondelete="CASCADE"), default=None, index=True
+    )
+    """The optimization run a TRIAL replica belongs to."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -355,3 +388,93 @@ class RevisionQuality(Base):
     """Sampled answers that were never scored: the queue was full, or the scorer failed or was missing."""
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     """The last judgement's numbers (window sizes, statistics, p-values)."""
+
+
+class OptimizationRun(Base):
+    """One `llmctl optimize`: options, where it stands, and the outcome; its steps hold the trail."""
+
+    __tablename__ = "optimization_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    running_deployment_id: Mapped[int | None] = mapped_column(unique=True, default=None)
+    """The deployment's id while the run is RUNNING, else NULL: the database itself refuses a second running
+    run of a deployment (NULLs never collide in a unique index)."""
+    state: Mapped[RunState] = mapped_column(_string_enum(RunState, "run_state"))
+    goal: Mapped[str] = mapped_column(String(16))
+    options: Mapped[dict[str, Any]]
+    """OptimizeOptions.to_dict()."""
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    node_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH), default=None)
+    """Where its trial replicas run and are measured (chosen once, kept across restarts)."""
+    gpu: Mapped[str | None] = mapped_column(String(128), default=None)
+    price_per_hour: Mapped[float | None] = mapped_column(Double, default=None)
+    baseline_revision: Mapped[int]
+    result_revision: Mapped[int | None] = mapped_column(default=None)
+    bottleneck: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+    deployment: Mapped[Deployment] = relationship()
+    steps: Mapped[list[OptimizationStep]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="OptimizationStep.number"
+    )
+
+
+class OptimizationStep(Base):
+    """Step 0 measures the baseline; each later step tries one technique on top of the best kept so far."""
+
+    __tablename__ = "optimization_steps"
+    __table_args__ = (UniqueConstraint("run_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("optimization_runs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int]
+    technique: Mapped[str] = mapped_column(String(64))
+    state: Mapped[StepState] = mapped_column(_string_enum(StepState, "step_state"))
+    change: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    engine_config: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    """The configuration measured: the best so far plus `change`."""
+    reason: Mapped[str] = mapped_column(Text, default="")
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    """The candidate's (step 0: the baseline's) means over its repeats."""
+    baseline_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    """The current best's means over its measurements in this step."""
+    gain: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    run: Mapped[OptimizationRun] = relationship(back_populates="steps")
+    measurements: Mapped[list[Measurement]] = relationship(
+        back_populates="step", cascade="all, delete-orphan", order_by="Measurement.id"
+    )
+
+
+class Measurement(Base):
+    """One bench or eval an agent ran (or is running) for a step, with its whole result."""
+
+    __tablename__ = "measurements"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    step_id: Mapped[int] = mapped_column(ForeignKey("optimization_steps.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """"bench" or "eval"."""
+    arm: Mapped[str] = mapped_column(String(1), default="")
+    """"A" (the best so far) or "B" (the candidate) for a bench; "" for an eval."""
+    repeat: Mapped[int] = mapped_column(default=0)
+    state: Mapped[MeasurementState] = mapped_column(_string_enum(MeasurementState, "measurement_state"))
+    node_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    replica_id: Mapped[int | None] = mapped_column(default=None)
+    args: Mapped[dict[str, Any]]
+    timeout_s: Mapped[float] = mapped_column(Double)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    wall_s: Mapped[float | None] = mapped_column(Double, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    step: Mapped[OptimizationStep] = relationship(back_populates="measurements")

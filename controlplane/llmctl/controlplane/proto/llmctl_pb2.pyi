@@ -77,16 +77,18 @@ class RegisterResponse(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "telemetry", "replica_status")
+    __slots__ = ("hello", "heartbeat", "telemetry", "replica_status", "measurement_result")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     REPLICA_STATUS_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENT_RESULT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     telemetry: TelemetrySample
     replica_status: ReplicaStatus
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetrySample, _Mapping]] = ..., replica_status: _Optional[_Union[ReplicaStatus, _Mapping]] = ...) -> None: ...
+    measurement_result: MeasurementResult
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetrySample, _Mapping]] = ..., replica_status: _Optional[_Union[ReplicaStatus, _Mapping]] = ..., measurement_result: _Optional[_Union[MeasurementResult, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node_name", "replicas")
@@ -103,16 +105,52 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_at: _Optional[float] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("start_replica", "stop_replica", "drain", "ping")
+    __slots__ = ("start_replica", "stop_replica", "drain", "ping", "run_measurement", "cancel_measurement")
     START_REPLICA_FIELD_NUMBER: _ClassVar[int]
     STOP_REPLICA_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    RUN_MEASUREMENT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_MEASUREMENT_FIELD_NUMBER: _ClassVar[int]
     start_replica: StartReplica
     stop_replica: StopReplica
     drain: DrainNode
     ping: Ping
-    def __init__(self, start_replica: _Optional[_Union[StartReplica, _Mapping]] = ..., stop_replica: _Optional[_Union[StopReplica, _Mapping]] = ..., drain: _Optional[_Union[DrainNode, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+    run_measurement: RunMeasurement
+    cancel_measurement: CancelMeasurement
+    def __init__(self, start_replica: _Optional[_Union[StartReplica, _Mapping]] = ..., stop_replica: _Optional[_Union[StopReplica, _Mapping]] = ..., drain: _Optional[_Union[DrainNode, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., run_measurement: _Optional[_Union[RunMeasurement, _Mapping]] = ..., cancel_measurement: _Optional[_Union[CancelMeasurement, _Mapping]] = ...) -> None: ...
+
+class RunMeasurement(_message.Message):
+    __slots__ = ("measurement_id", "kind", "args_json", "timeout_s")
+    MEASUREMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    measurement_id: int
+    kind: str
+    args_json: str
+    timeout_s: float
+    def __init__(self, measurement_id: _Optional[int] = ..., kind: _Optional[str] = ..., args_json: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class CancelMeasurement(_message.Message):
+    __slots__ = ("measurement_id",)
+    MEASUREMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    measurement_id: int
+    def __init__(self, measurement_id: _Optional[int] = ...) -> None: ...
+
+class MeasurementResult(_message.Message):
+    __slots__ = ("measurement_id", "ok", "result_json", "error", "wall_s")
+    MEASUREMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WALL_S_FIELD_NUMBER: _ClassVar[int]
+    measurement_id: int
+    ok: bool
+    result_json: str
+    error: str
+    wall_s: float
+    def __init__(self, measurement_id: _Optional[int] = ..., ok: _Optional[bool] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ..., wall_s: _Optional[float] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("sent_at",)
@@ -719,3 +757,63 @@ class SetQualityReferenceRequest(_message.Message):
     name: str
     revision: int
     def __init__(self, name: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class StartOptimizationRequest(_message.Message):
+    __slots__ = ("deployment", "goal", "options_json")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    goal: str
+    options_json: str
+    def __init__(self, deployment: _Optional[str] = ..., goal: _Optional[str] = ..., options_json: _Optional[str] = ...) -> None: ...
+
+class OptimizationRun(_message.Message):
+    __slots__ = ("id", "deployment", "state", "goal", "created_at", "finished_at", "summary", "report_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    deployment: str
+    state: str
+    goal: str
+    created_at: float
+    finished_at: float
+    summary: str
+    report_json: str
+    def __init__(self, id: _Optional[int] = ..., deployment: _Optional[str] = ..., state: _Optional[str] = ..., goal: _Optional[str] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., summary: _Optional[str] = ..., report_json: _Optional[str] = ...) -> None: ...
+
+class GetOptimizationRequest(_message.Message):
+    __slots__ = ("id", "deployment")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    deployment: str
+    def __init__(self, id: _Optional[int] = ..., deployment: _Optional[str] = ...) -> None: ...
+
+class ListOptimizationsRequest(_message.Message):
+    __slots__ = ("deployment", "limit")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    limit: int
+    def __init__(self, deployment: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListOptimizationsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[OptimizationRun]
+    def __init__(self, runs: _Optional[_Iterable[_Union[OptimizationRun, _Mapping]]] = ...) -> None: ...
+
+class CancelOptimizationRequest(_message.Message):
+    __slots__ = ("id", "deployment")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    deployment: str
+    def __init__(self, id: _Optional[int] = ..., deployment: _Optional[str] = ...) -> None: ...

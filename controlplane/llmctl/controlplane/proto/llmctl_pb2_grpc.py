@@ -250,6 +250,26 @@ class AdminServiceStub:
                 request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetQualityReferenceRequest.SerializeToString,
                 response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.FromString,
                 _registered_method=True)
+        self.StartOptimization = channel.unary_unary(
+                '/llmctl.v1.AdminService/StartOptimization',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.StartOptimizationRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.FromString,
+                _registered_method=True)
+        self.GetOptimization = channel.unary_unary(
+                '/llmctl.v1.AdminService/GetOptimization',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetOptimizationRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.FromString,
+                _registered_method=True)
+        self.ListOptimizations = channel.unary_unary(
+                '/llmctl.v1.AdminService/ListOptimizations',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListOptimizationsRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListOptimizationsResponse.FromString,
+                _registered_method=True)
+        self.CancelOptimization = channel.unary_unary(
+                '/llmctl.v1.AdminService/CancelOptimization',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.CancelOptimizationRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -379,6 +399,33 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartOptimization(self, request, context):
+        """Starts an optimization run of a deployment; refused (ALREADY_EXISTS) while another one runs on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOptimization(self, request, context):
+        """One run by id, or the newest run of a deployment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOptimizations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelOptimization(self, request, context):
+        """Stops the run and its trial replicas; the serving revision stays as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -476,6 +523,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetQualityReference,
                     request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetQualityReferenceRequest.FromString,
                     response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.SerializeToString,
+            ),
+            'StartOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartOptimization,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.StartOptimizationRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.SerializeToString,
+            ),
+            'GetOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOptimization,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetOptimizationRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.SerializeToString,
+            ),
+            'ListOptimizations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOptimizations,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListOptimizationsRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListOptimizationsResponse.SerializeToString,
+            ),
+            'CancelOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOptimization,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.CancelOptimizationRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -992,6 +1059,114 @@ class AdminService:
             '/llmctl.v1.AdminService/SetQualityReference',
             llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetQualityReferenceRequest.SerializeToString,
             llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/StartOptimization',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.StartOptimizationRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/GetOptimization',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetOptimizationRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOptimizations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/ListOptimizations',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListOptimizationsRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListOptimizationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/CancelOptimization',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.CancelOptimizationRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,8 @@ from llmctl.controlplane.db.models import Deployment, utcnow
 from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.errors import InvalidArgument
 from llmctl.controlplane.fleet import Fleet
+from llmctl.controlplane.optimizer.options import OptimizeOptions
+from llmctl.controlplane.optimizer.runner import Optimizer
 from llmctl.controlplane.proto import llmctl_pb2 as pb
 from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
 from llmctl.controlplane.reconciler import live_replicas
@@ -23,6 +25,7 @@ from llmctl.controlplane.services import check_count, quality_fields
 from llmctl.controlplane.services import deployments as deployments_service
 from llmctl.controlplane.services import events as events_service
 from llmctl.controlplane.services import nodes as nodes_service
+from llmctl.controlplane.services import optimizer as optimizer_service
 from llmctl.controlplane.services import quality as quality_service
 from llmctl.controlplane.services import tenants as tenants_service
 
@@ -38,10 +41,13 @@ WATCH_POLL_S = 0.25
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
     def __init__(self, db: sessionmaker[Session], fleet: Fleet, *, on_change: Callable[[], None],
-                 stopping: threading.Event) -> None:
+                 stopping: threading.Event, optimizer: Optimizer | None = None,
+                 on_optimize: Callable[[], None] = lambda: None) -> None:
         self._db, self._fleet = db, fleet
         self._on_change = on_change
         self._stopping = stopping
+        self._optimizer = optimizer
+        self._on_optimize = on_optimize
 
     # -- deployments ------------------------------------------------------------------------------------
     def ListDeployments(self, request: pb.ListDeploymentsRequest,
@@ -148,6 +154,41 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             quality_service.set_reference(session, name=request.name, revision=request.revision, actor=ACTOR)
             response = self._deployment(session, deployments_service.get_deployment(session, request.name))
         self._on_change()  # the scorer replica follows the reference
+        return response
+
+    # -- optimization runs --------------------------------------------------------------------------------
+    def StartOptimization(self, request: pb.StartOptimizationRequest,
+                          context: grpc.ServicerContext) -> pb.OptimizationRun:
+        options = OptimizeOptions.from_json(request.goal, request.options_json)
+        with session_scope(self._db) as session:
+            run = optimizer_service.start_run(session, name=request.deployment, options=options, actor=ACTOR)
+            response = convert.optimization_run_to_proto(run, optimizer_service.report(run))
+        self._on_optimize()
+        return response
+
+    def GetOptimization(self, request: pb.GetOptimizationRequest,
+                        context: grpc.ServicerContext) -> pb.OptimizationRun:
+        with session_scope(self._db) as session:
+            run = optimizer_service.get_run(session, run_id=request.id, name=request.deployment)
+            return convert.optimization_run_to_proto(run, optimizer_service.report(run))
+
+    def ListOptimizations(self, request: pb.ListOptimizationsRequest,
+                          context: grpc.ServicerContext) -> pb.ListOptimizationsResponse:
+        with session_scope(self._db) as session:
+            rows = optimizer_service.list_runs(session, name=request.deployment, limit=request.limit)
+            return pb.ListOptimizationsResponse(runs=[convert.optimization_run_to_proto(r, None) for r in rows])
+
+    def CancelOptimization(self, request: pb.CancelOptimizationRequest,
+                           context: grpc.ServicerContext) -> pb.OptimizationRun:
+        with self._fleet.lock:  # its trial replicas change state (see Fleet.lock)
+            with session_scope(self._db) as session:
+                run, pending = optimizer_service.cancel_run(session, run_id=request.id, name=request.deployment,
+                                                            actor=ACTOR)
+                stop = [(m.node_name, m.id) for m in pending]
+                response = convert.optimization_run_to_proto(run, optimizer_service.report(run))
+        if self._optimizer is not None:
+            self._optimizer.cancel_on_agents(stop)
+        self._on_change()  # the reconciler stops the trial replicas
         return response
 
     # -- nodes --------------------------------------------------------------------------------------------

@@ -33,10 +33,12 @@ COMMAND_POLL_S = 1.0
 
 class AgentServicer(pb_grpc.AgentServiceServicer):
     def __init__(self, db: sessionmaker[Session], fleet: Fleet, *, heartbeat_interval_s: float,
-                 on_change: Callable[[], None]) -> None:
+                 on_change: Callable[[], None],
+                 on_measurement: Callable[[str, pb.MeasurementResult], None] | None = None) -> None:
         self._db, self._fleet = db, fleet
         self._heartbeat_interval_s = heartbeat_interval_s
         self._on_change = on_change
+        self._on_measurement = on_measurement
 
     def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterResponse:
         with session_scope(self._db) as session:
@@ -133,6 +135,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             if message.replica_status.state == pb.REPLICA_STATE_STOPPED:
                 self._fleet.forget_replica(message.replica_status.replica_id)
             self._on_change()
+        elif kind == "measurement_result":
+            if self._on_measurement is not None:
+                self._on_measurement(agent.node_name, message.measurement_result)
         elif kind == "hello":
             raise InvalidArgument("Hello is only valid as the first message of a Connect stream")
 

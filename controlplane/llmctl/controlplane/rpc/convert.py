@@ -12,6 +12,7 @@ from llmctl.controlplane.db.models import (
     Deployment,
     Event,
     Node,
+    OptimizationRun,
     QualitySample,
     Replica,
     ReplicaRole,
@@ -89,7 +90,9 @@ def start_replica(replica: Replica) -> pb.StartReplica:
         deployment=replica.deployment.name,
         revision=revision.number,
         model=revision.model,
-        engine_config_json=json.dumps(revision.engine_config, sort_keys=True),
+        # A trial replica carries the optimizer's candidate config; every other one its revision's.
+        engine_config_json=json.dumps(
+            replica.engine_config if replica.engine_config is not None else revision.engine_config, sort_keys=True),
         served_model_name=replica.deployment.name,
     )
 
@@ -256,4 +259,13 @@ def quality_sample_to_proto(sample: QualitySample, tenant: str | None) -> pb.Qua
         id=sample.id, revision=sample.revision, tenant=tenant or "", at=unix(sample.at), kind=sample.kind,
         request_json=json.dumps(sample.request, sort_keys=True), answer=sample.answer,
         status=sample.status.value, error=sample.error or "", **scores,
+    )
+
+
+def optimization_run_to_proto(run: OptimizationRun, report: dict[str, Any] | None) -> pb.OptimizationRun:
+    """A run; `report` (services.optimizer.report) travels as JSON, None for listings."""
+    return pb.OptimizationRun(
+        id=run.id, deployment=run.deployment.name, state=run.state.value, goal=run.goal,
+        created_at=run.created_at.timestamp(), finished_at=run.finished_at.timestamp() if run.finished_at else 0.0,
+        summary=run.summary, report_json=json.dumps(report) if report is not None else "",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,10 +24,12 @@ from llmctl.controlplane.services.events import record_event
 
 def create_replica(
     session: Session, *, deployment: Deployment, revision: Revision, node: Node | None,
-    role: ReplicaRole = ReplicaRole.SERVE,
+    role: ReplicaRole = ReplicaRole.SERVE, engine_config: dict[str, Any] | None = None,
+    optimization_run_id: int | None = None,
 ) -> Replica:
     """A pending replica of `revision`, placed on `node` (None: not scheduled yet); a SCORE replica is the
-    deployment's quality reference, never routed."""
+    deployment's quality reference, a TRIAL replica an optimization run's configuration (`engine_config`,
+    with the revision's model); neither is ever routed."""
     if revision.deployment_id != deployment.id:
         raise InvalidArgument(
             f"revision {revision.number} belongs to another deployment than {deployment.name!r}"
@@ -38,20 +41,23 @@ def create_replica(
         node=node,
         state=ReplicaState.PENDING,
         role=role,
+        engine_config=engine_config,
+        optimization_run_id=optimization_run_id,
         created_at=now,
         updated_at=now,
     )
     session.add(replica)
     session.flush()
     where = f"on node {node.name}" if node is not None else "(not placed yet)"
-    what = "scorer replica" if role == ReplicaRole.SCORE else "replica"
+    what = {ReplicaRole.SCORE: "scorer replica", ReplicaRole.TRIAL: "trial replica"}.get(role, "replica")
     record_event(
         session,
         kind="replica.created",
         message=f"{what} {replica.id} of {deployment.name} revision {revision.number} {where}",
         deployment_name=deployment.name,
         node_name=node.name if node is not None else None,
-        details={"replica_id": replica.id, "revision": revision.number, "role": role.value},
+        details={"replica_id": replica.id, "revision": revision.number, "role": role.value,
+                 "optimization_run": optimization_run_id},
     )
     return replica
 

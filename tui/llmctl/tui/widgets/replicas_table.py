@@ -16,7 +16,7 @@ def replica_state(replica: pb.Replica) -> str:
 
 def replica_role(replica: pb.Replica) -> Text:
     role = replica.role or "serve"  # a control plane from before quality sampling sends no role
-    return Text(role, style="cyan" if role == "score" else "")
+    return Text(role, style={"score": "cyan", "trial": "magenta"}.get(role, ""))
 
 
 class ReplicasTable(KeyedTable):
