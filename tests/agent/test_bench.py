@@ -200,6 +200,11 @@ def test_url_run_streams_every_drawn_token_from_a_live_server(server, tiny_model
     drawn = [r.output_len for r in report.workload]
     check_json(data, ["url"], drawn)
     assert data["dtype"] is None and data["workload"]["request_rate"] == 50.0
+    # The llmctl server's own view of the run, from its /metrics.
+    server_said = data["runs"][0]["server"]
+    assert server_said["num_preemptions"] == 0 and server_said["kv_cache_bytes"] > 0
+    assert server_said.keys() == {"num_preemptions", "model_bytes", "linear_weight_bytes", "kv_cache_bytes",
+                                  "kv_blocks_total", "peak_kv_usage"}
 
     # With --model as well, the model only supplies the tokenizer: same prompts, still no local engine run.
     from llmctl.agent.engine.config import EngineConfig

@@ -159,6 +159,10 @@ def test_agent_without_a_control_plane_keeps_retrying_and_still_answers_commands
         (reply,) = daemon.handle(pb.ControlMessage(stop_replica=pb.StopReplica(replica_id=4)))
         assert reply.state == pb.REPLICA_STATE_STOPPED and "no replica 4" in reply.error
         assert daemon.handle(pb.ControlMessage()) == [] and daemon.statuses() == []
+        measure = pb.ControlMessage(run_measurement=pb.RunMeasurement(measurement_id=8, kind="bench",
+                                                                      args_json="{nope"))
+        (answer,) = daemon.handle(measure)
+        assert (answer.measurement_id, answer.ok) == (8, False) and "not valid JSON" in answer.error
     finally:
         started = time.monotonic()
         daemon.stop()

@@ -36,3 +36,4 @@ def test_metrics_report_the_quantized_weight_and_kv_bytes(awq_server):
     assert values["llmctl_model_linear_weight_bytes"] < 0.3 * 2 * weights
     assert values["llmctl_kv_cache_bytes_per_token"] == 2 * 2 * 2 * 16 * 4  # K+V, 2 layers, 2 heads, fp32
     assert values["llmctl_kv_blocks_total"] == 64
+    assert values["llmctl_kv_cache_bytes"] == 64 * 16 * values["llmctl_kv_cache_bytes_per_token"]  # the whole pool

@@ -143,3 +143,42 @@ def test_eval_cli_prints_a_table_and_writes_both_sides_as_json(tiny_llama, files
     assert data["candidate"]["kl_divergence"] > 0
     missing = CliRunner().invoke(app, ["eval", str(tiny_llama), "--corpus", str(tmp_path / "nope.txt")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_eval_cli_takes_whole_engine_configs_and_scores_only_the_first_mc_items(tiny_llama, files, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmctl.controlplane.cli import app
+
+    out = tmp_path / "eval.json"
+    config = {"dtype": "float32", "num_kv_blocks": 32}
+    result = CliRunner().invoke(app, [
+        "eval", str(tiny_llama), "--engine-config", json.dumps({**config, "kv_cache_dtype": "int8"}),
+        "--reference-engine-config", json.dumps(config), "--corpus", str(files / "corpus.txt"),
+        "--mc", str(files / "mc.jsonl"), "--mc-limit", "2", "--context-len", "64", "--max-tokens", "128",
+        "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["candidate"]["kv_cache_dtype"] == "int8" and data["reference"]["kv_cache_dtype"] == "float32"
+    assert data["candidate"]["num_items"] == 2 and data["candidate"]["kl_divergence"] > 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--engine-config", "{bad"], "error: --engine-config is not valid JSON"),
+    (["--reference-engine-config", "[1]"], "error: --reference-engine-config must be a JSON object"),
+    (["--engine-config", '{"kv_cache_dtype": "int8"}', "--kv-cache-dtype", "fp8"],
+     "error: --engine-config replaces the engine flags; drop --kv-cache-dtype"),
+    (["--engine-config", "{}", "--reference-engine-config", "{}", "--dtype", "float32"],
+     "error: --engine-config replaces the engine flags; drop --dtype"),
+    (["--engine-config", '{"no_such_knob": 1}'], "error: --engine-config: unknown engine config keys: no_such_knob"),
+])
+def test_eval_cli_refuses_a_bad_engine_config_in_one_line(tiny_llama, args, message):
+    from typer.testing import CliRunner
+
+    from llmctl.controlplane.cli import app
+
+    result = CliRunner().invoke(app, ["eval", str(tiny_llama), *args])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(message), line

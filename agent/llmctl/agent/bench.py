@@ -335,6 +335,8 @@ async def run_url_target(
     it carries (token_ids, logprobs.tokens); the final usage, when sent, corrects the count at the end."""
     import httpx
 
+    from llmctl.agent.server_metrics import ServerWatch
+
     # No connection cap: a client-side queue would hide the server's own queueing from TTFT.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), limits=limits) as client:
@@ -367,14 +369,20 @@ async def run_url_target(
             if correction:
                 yield correction
 
+        # The server's own view (preemptions, memory, peak KV usage) from /metrics, around the timed run only.
+        watch = ServerWatch(client, url)
         try:
             await drive_requests(
                 [BenchRequest(i, p, 4, 0.0) for i, p in enumerate(warmup)], stream, lambda: None, "url-warmup"
             )
+            await watch.start()
             run = await drive_requests(workload, stream, advance, "url")
+            await watch.stop()
         except httpx.HTTPError as exc:
             raise ValueError(f"{url}: {exc!r}") from None
         run.extra = {"url": url, "served_model": model_id}
+        if server := watch.summary():
+            run.extra["server"] = server
         return run
 
 
@@ -552,5 +560,17 @@ def print_report(report: BenchReport, console) -> None:
     console.print(table)
     console.print(latency)
     for r in rows:
+        if r.get("server"):
+            console.print(f"{r['name']} server: {server_line(r['server'])}")
         if not r["output_lengths_match"]:
             console.print(f"[yellow]warning: {r['name']} did not return exactly the drawn output lengths[/]")
+
+
+def server_line(server: dict) -> str:
+    """What a URL run's server reported, in one line ("-" for what it did not)."""
+    def mib(key: str) -> str:
+        return f"{server[key] / 2**20:.1f} MiB" if key in server else "-"
+
+    usage = f"{server['peak_kv_usage']:.0%}" if "peak_kv_usage" in server else "-"
+    return (f"{server.get('num_preemptions', '-')} preemptions, peak KV usage {usage} of {mib('kv_cache_bytes')}, "
+            f"weights {mib('model_bytes')}")

@@ -65,20 +65,20 @@ def given_on_command_line(ctx: typer.Context, param: str) -> bool:
     return getattr(ctx.get_parameter_source(param), "name", None) == "COMMANDLINE"
 
 
-def engine_config_object(raw: str, given_flags: list[str]) -> dict:
-    """--engine-config's JSON object of EngineConfig fields; exits 2 if it is not one, or if engine flags
+def engine_config_object(raw: str, given_flags: list[str], flag: str = "--engine-config") -> dict:
+    """`flag`'s JSON object of EngineConfig fields; exits 2 if it is not one, or if engine flags
     (`given_flags`, parameter names) were given beside it."""
     import json
 
     if given_flags:
         drop = ", ".join("--" + g.replace("_", "-") for g in given_flags)
-        fail(f"--engine-config replaces the engine flags; drop {drop}")
+        fail(f"{flag} replaces the engine flags; drop {drop}")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        fail(f"--engine-config is not valid JSON: {exc}")
+        fail(f"{flag} is not valid JSON: {exc}")
     if not isinstance(data, dict):
-        fail("--engine-config must be a JSON object of EngineConfig fields")
+        fail(f"{flag} must be a JSON object of EngineConfig fields")
     return data
 
 

@@ -4,7 +4,8 @@ One connection thread owns the session with the control plane:
 
     Register (join token) -> Connect stream: Hello(running replicas) first, then Heartbeat every
     heartbeat_interval_s, TelemetrySample every telemetry_interval_s, ReplicaStatus on every change;
-    ControlMessages (StartReplica, StopReplica, DrainNode) come back down the same stream.
+    ControlMessages (StartReplica, StopReplica, DrainNode, RunMeasurement, CancelMeasurement) come back
+    down the same stream; MeasurementResults go up it when the optimizer's bench and eval children end.
 
 When Register fails or the stream breaks it waits (0.5 s doubling to max_backoff_s, with jitter) and starts
 over with a fresh channel; replicas keep running meanwhile and the next Hello lists them, so a restarted
@@ -31,6 +32,7 @@ import grpc
 from llmctl.agent import daemon_convert as convert
 from llmctl.agent.daemon_session import Session, SilenceWatchdog
 from llmctl.agent.engine.paths import llmctl_home
+from llmctl.agent.measurement import MeasurementOutcome, MeasurementRunner
 from llmctl.agent.replica_stats import ReplicaStatsScraper, ReplicaUnreachable
 from llmctl.agent.replicas import ReplicaError, ReplicaState, ReplicaStatus, ReplicaSupervisor, UnknownReplica
 from llmctl.agent.telemetry import open_telemetry
@@ -70,7 +72,7 @@ class AgentConfig:
     replica_host: str = "127.0.0.1"
     """Address replicas bind; the gateway must reach it."""
     log_dir: Path | None = None
-    """Replica logs; None: $LLMCTL_HOME/logs/replicas."""
+    """Replica logs (and failed measurements' logs in its measurements/); None: $LLMCTL_HOME/logs/replicas."""
     telemetry_interval_s: float = 2.0
     max_backoff_s: float = 30.0
     """Longest wait between reconnects to the control plane (and between replica restarts)."""
@@ -156,6 +158,8 @@ class AgentDaemon:
                 self._on_replica_change, host=self.config.replica_host, log_dir=self.log_dir,
                 max_backoff_s=max(1.0, self.config.max_backoff_s),
             )
+            # One bench or eval child at a time, off the connection thread; answers go up the open stream.
+            self._measurements = MeasurementRunner(self._on_measurement, work_dir=self.log_dir / "measurements")
         except OSError as exc:
             self._started = False
             raise AgentConfigError(f"cannot create the replica log folder {self.log_dir}: {exc.strerror}; "
@@ -182,6 +186,7 @@ class AgentDaemon:
         self._stopping.set()
         self._sample_now.set()
         try:
+            self._measurements.close()
             self._supervisor.close()
             with self._lock:
                 session, channel = self._session, self._channel
@@ -313,16 +318,21 @@ class AgentDaemon:
         return logging.ERROR, f"{where} rejected node {self.node_name}: {name}: {details}"
 
     # -- commands from the control plane --------------------------------------------------------------
-    def handle(self, message: pb.ControlMessage) -> list[pb.ReplicaStatus]:
-        """Carry out one control message; returns the statuses to answer with at once (a refused command
-        is answered FAILED or STOPPED with the reason). Never raises: bad input cannot stop the agent."""
+    def handle(self, message: pb.ControlMessage) -> list[pb.ReplicaStatus | pb.MeasurementResult]:
+        """Carry out one control message; returns the answers to send at once (a refused command is
+        answered FAILED or STOPPED, or a failed MeasurementResult, with the reason). Never raises: bad input
+        cannot stop the agent."""
         kind = message.WhichOneof("kind")
         try:
             if kind == "start_replica":
                 return self._start_replica(message.start_replica)
             if kind == "stop_replica":
                 return self._stop_replica(message.stop_replica)
-            if kind == "drain":
+            if kind == "run_measurement":
+                return self._run_measurement(message.run_measurement)
+            if kind == "cancel_measurement":
+                self._measurements.cancel(message.cancel_measurement.measurement_id)
+            elif kind == "drain":
                 self._drain(message.drain.reason)
             elif kind == "ping":
                 pass  # only proves the control plane is alive (the stream's watchdog counts it)
@@ -379,10 +389,26 @@ class AgentDaemon:
             except UnknownReplica:
                 pass  # stopped on its own meanwhile
 
-    def _send(self, status: pb.ReplicaStatus) -> None:
+    def _run_measurement(self, msg: pb.RunMeasurement) -> list[pb.MeasurementResult]:
+        try:
+            args = convert.parse_measurement_args(msg)
+        except convert.BadCommand as exc:
+            return [pb.MeasurementResult(measurement_id=msg.measurement_id, ok=False, error=str(exc))]
+        self._measurements.submit(msg.measurement_id, msg.kind, args, msg.timeout_s)
+        return []
+
+    def _on_measurement(self, outcome: MeasurementOutcome) -> None:
+        # Sent on the stream open now; with none, the control plane asks again and gets the stored outcome.
+        self._send(convert.measurement_to_proto(outcome))
+
+    def _send(self, answer: pb.ReplicaStatus | pb.MeasurementResult) -> None:
+        if isinstance(answer, pb.MeasurementResult):
+            message = pb.AgentMessage(measurement_result=answer)
+        else:
+            message = pb.AgentMessage(replica_status=answer)
         with self._lock:
             if self._session is not None:
-                self._session.send(pb.AgentMessage(replica_status=status))
+                self._session.send(message)
 
     # -- replica changes and telemetry ----------------------------------------------------------------
     def _on_replica_change(self, status: ReplicaStatus) -> None:

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from llmctl.agent.measurement import MeasurementOutcome
 from llmctl.agent.replica_stats import STAT_FIELDS
 from llmctl.agent.replicas import ReplicaState, ReplicaStatus
 from llmctl.agent.telemetry import GpuReading, HostReading, TelemetryReading
@@ -122,4 +123,19 @@ def parse_start(msg: pb.StartReplica) -> dict[str, Any]:
         engine_config=engine_config,
         # The gateway routes by deployment name, so that is what a replica answers to unless told otherwise.
         served_model_name=msg.served_model_name or msg.deployment,
+    )
+
+
+def parse_measurement_args(msg: pb.RunMeasurement) -> Any:
+    """RunMeasurement's args_json, decoded (the runner checks what is in it); BadCommand if it is not JSON."""
+    try:
+        return json.loads(msg.args_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise BadCommand(f"args_json of measurement {msg.measurement_id} is not valid JSON: {exc}") from exc
+
+
+def measurement_to_proto(outcome: MeasurementOutcome) -> pb.MeasurementResult:
+    return pb.MeasurementResult(
+        measurement_id=outcome.measurement_id, ok=outcome.ok, error=outcome.error or "", wall_s=outcome.wall_s,
+        result_json=json.dumps(outcome.result) if outcome.result is not None else "",
     )

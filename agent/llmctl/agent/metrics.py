@@ -47,6 +47,8 @@ class EngineStatsCollector:
         yield self._gauge("llmctl_kv_blocks_used", "KV blocks held by requests.", s.num_used_blocks)
         yield self._gauge("llmctl_kv_cache_bytes_per_token", "KV cache bytes per token, all layers, scales included.",
                           s.kv_bytes_per_token)
+        yield self._gauge("llmctl_kv_cache_bytes", "Bytes of the whole KV block pool, scales included.",
+                          s.kv_cache_bytes)
         yield self._gauge("llmctl_model_linear_weight_bytes",
                           "Bytes of the decoder's linear weights (with quantization scales).", s.linear_weight_bytes)
         yield self._gauge("llmctl_model_bytes", "Bytes of every model parameter and buffer.", s.model_bytes)

@@ -15,7 +15,9 @@ from llmctl.agent.cli import (
     Quantization,
     Threads,
     engine_config,
+    engine_config_object,
     fail,
+    given_on_command_line,
     quant_flags,
 )
 
@@ -72,7 +74,28 @@ def quantize(
     typer.echo(f"wrote {report.out}")
 
 
+# Per-flag engine settings of each side of `llmctl eval`; --dtype and --threads set both sides.
+CANDIDATE_FLAGS = ("quantization", "group_size", "kv_cache_dtype")
+REFERENCE_FLAGS = ("reference_quantization", "reference_kv_cache_dtype")
+BOTH_SIDES_FLAGS = ("dtype", "threads")
+
+
+def side_config_from_json(ctx: typer.Context, flag: str, raw: str, model: str, side_flags: tuple[str, ...]):
+    """One side's EngineConfig from a whole-config JSON object (as `llmctl serve --engine-config` takes);
+    MODEL (or --reference-model) names the model. Exits 2 if a flag of that side was given beside it."""
+    from llmctl.agent.engine.config import EngineConfig
+    from llmctl.agent.engine.errors import EngineError
+
+    data = engine_config_object(raw, [f for f in side_flags if given_on_command_line(ctx, f)], flag)
+    data["model"] = model
+    try:
+        return EngineConfig.from_dict(data)
+    except (EngineError, TypeError) as exc:
+        fail(f"{flag}: {exc}")
+
+
 def eval_command(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Short name, HF folder, .gguf file or hub id")],
     quantization: Quantization = "none",
     group_size: GroupSize = "auto",
@@ -88,8 +111,20 @@ def eval_command(
     no_mc: Annotated[bool, typer.Option("--no-mc", help="Skip the multiple-choice set")] = False,
     context_len: Annotated[int, typer.Option("--context-len", help="Tokens per perplexity window")] = 512,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Score at most this many tokens")] = None,
+    mc_limit: Annotated[
+        int | None, typer.Option("--mc-limit", min=1, help="Score only the first N multiple-choice items")
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON")] = None,
     threads: Threads = None,
+    engine_config_json: Annotated[
+        str | None,
+        typer.Option("--engine-config", help="The candidate's whole EngineConfig as JSON, instead of its flags"),
+    ] = None,
+    reference_engine_config_json: Annotated[
+        str | None,
+        typer.Option("--reference-engine-config",
+                     help="The reference's whole EngineConfig as JSON, instead of its flags"),
+    ] = None,
 ) -> None:
     """Perplexity, KL, top-1 agreement and multiple-choice accuracy of a candidate vs a reference configuration."""
     from rich.console import Console
@@ -99,12 +134,21 @@ def eval_command(
     from llmctl.agent.engine.errors import EngineError
     from llmctl.agent.engine.evaluation import DEFAULT_CORPUS, DEFAULT_MC, EvalOptions, evaluate
 
-    cand_cfg = engine_config(model, dtype=dtype, kv_cache_dtype=kv_cache_dtype, num_threads=threads,
-                             **quant_flags(quantization, group_size))
-    ref_cfg = engine_config(reference_model or model, dtype=dtype, kv_cache_dtype=reference_kv_cache_dtype,
-                            num_threads=threads, **quant_flags(reference_quantization, "auto"))
+    # --dtype/--threads beside two JSON configs would set nothing: refuse them like the per-side flags.
+    both = BOTH_SIDES_FLAGS if engine_config_json is not None and reference_engine_config_json is not None else ()
+    if engine_config_json is not None:
+        cand_cfg = side_config_from_json(ctx, "--engine-config", engine_config_json, model, CANDIDATE_FLAGS + both)
+    else:
+        cand_cfg = engine_config(model, dtype=dtype, kv_cache_dtype=kv_cache_dtype, num_threads=threads,
+                                 **quant_flags(quantization, group_size))
+    if reference_engine_config_json is not None:
+        ref_cfg = side_config_from_json(ctx, "--reference-engine-config", reference_engine_config_json,
+                                        reference_model or model, REFERENCE_FLAGS + both)
+    else:
+        ref_cfg = engine_config(reference_model or model, dtype=dtype, kv_cache_dtype=reference_kv_cache_dtype,
+                                num_threads=threads, **quant_flags(reference_quantization, "auto"))
     options = EvalOptions(corpus=corpus or DEFAULT_CORPUS, mc=None if no_mc else (mc or DEFAULT_MC),
-                          context_len=context_len, max_tokens=max_tokens)
+                          context_len=context_len, max_tokens=max_tokens, mc_limit=mc_limit)
     try:
         # Inputs are checked before either engine loads: a bad file fails in a second, not a minute.
         from llmctl.agent.engine.evaluation import load_mc_items

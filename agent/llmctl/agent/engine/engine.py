@@ -84,6 +84,8 @@ class EngineStats:
     kv_bytes_per_token: int = 0
     linear_weight_bytes: int = 0
     model_bytes: int = 0
+    kv_cache_bytes: int = 0
+    """Bytes of the whole KV pool (every block, scales included)."""
 
 
 def load_quantized(config: EngineConfig, folder, hf_config, tokenizer, dtype: torch.dtype):
@@ -452,4 +454,5 @@ class LLMEngine:
             kv_bytes_per_token=self.info.kv_bytes_per_token,
             linear_weight_bytes=self.info.linear_weight_bytes,
             model_bytes=self.info.model_bytes,
+            kv_cache_bytes=bm.num_blocks * self.info.block_size * self.info.kv_bytes_per_token,
         )

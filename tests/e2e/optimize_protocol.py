@@ -1,0 +1,82 @@
+"""The optimizer end to end, as real processes: a control plane and one agent serve SmolLM2 as deployment
+"chat" with a KV pool far too small for its workload (it preempts), and `llmctl optimize` works on it.
+
+Used by tests/e2e/test_optimize.py (a short run) and benchmarks/bench_optimize.py (the run recorded in
+docs/optimizer.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.conftest import Cli, Processes, free_port, wait_until
+
+ADMIN_TOKEN = "optimize-admin-token"
+JOIN_TOKEN = "optimize-join-token"
+REPLICA_START_S = 300.0
+# A pool of 16 blocks x 16 tokens holds about two of the workload's requests at once: the baseline preempts.
+ENGINE = ["--dtype", "float32", "--threads", "1", "--max-model-len", "512", "--num-kv-blocks", "16",
+          "--max-num-seqs", "4", "--quality-sample-rate", "0"]
+WORKLOAD = {"requests": 16, "input_len": [16, 64], "output_len": [16, 48], "shared_prefix_len": 0,
+            "request_rate": "inf", "seed": 0}
+TECHNIQUES = "max-num-seqs,kv-cache-size,kv-int8,awq"
+
+
+class OptimizeFleet:
+    """Control plane + one agent (room for 4 replicas) serving SmolLM2 as "chat"."""
+
+    def __init__(self, tmp: Path, processes: Processes, model: str) -> None:
+        self.tmp, self.processes, self.model = tmp, processes, model
+        grpc_port, gateway_port = free_port(), free_port()
+        self.grpc_port, self.gateway_port = grpc_port, gateway_port
+        self.control_plane = f"127.0.0.1:{grpc_port}"
+        self.gateway = f"http://127.0.0.1:{gateway_port}"
+        self.server = self.start_server()
+        processes.llmctl(
+            "agent", "agent", "--control-plane", self.control_plane, "--node-name", "a", "--log-dir",
+            str(tmp / "replicas"), home=tmp / "node-a", env={"LLMCTL_JOIN_TOKEN": JOIN_TOKEN})
+        self.cli = Cli(self.control_plane, ADMIN_TOKEN)
+        wait_until("the agent joined", lambda: [n["name"] for n in self.cli.try_json("nodes") or []] == ["a"], 90)
+
+    def start_server(self) -> Any:
+        return self.processes.llmctl(
+            "server", "server", "--database-url", f"sqlite:///{self.tmp / 'llmctl.db'}", "--grpc-port",
+            str(self.grpc_port), "--gateway-port", str(self.gateway_port), "--admin-token", ADMIN_TOKEN,
+            "--join-token", JOIN_TOKEN, "--rollout-timeout", str(REPLICA_START_S), home=self.tmp / "cp")
+
+    def deploy(self) -> int:
+        out = self.cli.json("deploy", "chat", "--model", self.model, *ENGINE, "--timeout", str(REPLICA_START_S))
+        return out["revision"]
+
+    def optimize(self, *flags: str, workload: dict[str, Any] | None = None) -> int:
+        """Start a run (detached) and return its id."""
+        path = self.tmp / "workload.json"
+        path.write_text(json.dumps(workload or WORKLOAD))
+        out = self.cli.json("optimize", "chat", "--goal", "throughput", "--max-quality-drop", "2%",
+                            "--workload", str(path), "--detach", *flags)
+        return out["id"]
+
+    def report(self, run_id: int) -> dict[str, Any] | None:
+        return self.cli.try_json("optimize", "report", str(run_id), "--format", "json")
+
+    def wait(self, run_id: int, timeout_s: float) -> dict[str, Any]:
+        def ended() -> dict[str, Any] | None:
+            report = self.report(run_id)
+            return report if report is not None and report["state"] != "running" else None
+
+        return wait_until(f"optimization run {run_id} ended", ended, timeout_s, interval_s=2.0)
+
+    def trial_replicas(self) -> list[dict[str, Any]]:
+        replicas = (self.cli.try_json("status", "chat") or {}).get("replicas", [])
+        return [r for r in replicas if r["role"] == "trial"]
+
+    def serving(self) -> list[dict[str, Any]]:
+        replicas = (self.cli.try_json("status", "chat") or {}).get("replicas", [])
+        return [r for r in replicas if r["role"] == "serve"]
+
+
+def run_started(started: float) -> float:
+    return time.monotonic() - started
