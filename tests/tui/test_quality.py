@@ -175,4 +175,4 @@ async def test_live_quality_report_is_polled_only_while_the_deployment_screen_is
         closed = len(polled)
         await pilot.pause(1.0)  # five poll intervals
         assert len(polled) == closed, "the report is still polled after its screen closed"
-        assert feed._quality_for == {}  # noqa: SLF001
+        assert feed._followed == {}  # noqa: SLF001

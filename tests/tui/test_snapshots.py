@@ -1,6 +1,7 @@
-"""The Fleet and Deployment screens at 120x40, byte for byte, from a recorded fleet fed through the same
-messages the live feed posts (fixed times and values; clock times in UTC). Regenerate after a deliberate
-change with `pytest tests/tui/test_snapshots.py --snapshot-update` and look at the SVGs before committing."""
+"""The Fleet and Deployment screens (`code`'s, and `chat`'s with an optimization run under way) at 120x40, byte
+for byte, from a recorded fleet fed through the same messages the live feed posts (fixed times and values;
+clock times in UTC). Regenerate after a deliberate change with `pytest tests/tui/test_snapshots.py
+--snapshot-update` and look at the SVGs before committing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from textual.pilot import Pilot
 from llmctl.tui.app import DashboardApp
 from llmctl.tui.recorded import RecordedFeed, demo_recording
 from llmctl.tui.screens.deployment import DeploymentScreen
+from llmctl.tui.widgets.optimization_panel import StepsTable
 from llmctl.tui.widgets.revisions_table import RevisionsTable
 from tests.tui.conftest import SIZE, until
 
@@ -48,3 +50,15 @@ def test_deployment_screen(snap_compare) -> None:
                     and app.screen.query_one(RevisionsTable).row_count == 2, what="code's revisions")
 
     assert snap_compare(recorded_app(), terminal_size=SIZE, run_before=open_code)
+
+
+def test_deployment_screen_with_an_optimization_run(snap_compare) -> None:
+    async def open_chat(pilot: Pilot) -> None:
+        await settled(pilot)
+        await pilot.press("tab", "enter")  # the deployments table, its first row: chat, being optimized
+        app = pilot.app
+        await until(pilot, lambda: isinstance(app.screen, DeploymentScreen)
+                    and app.screen.query_one(RevisionsTable).row_count == 1
+                    and app.screen.query_one(StepsTable).row_count == 5, what="chat's revision and run")
+
+    assert snap_compare(recorded_app(), terminal_size=SIZE, run_before=open_chat)

@@ -3,8 +3,8 @@
     DashboardApp(LiveFeed(address, admin_token)).run()      what `llmctl dashboard` does
     DashboardApp(RecordedFeed(demo_recording()))            the same screens from recorded answers
 
-The feed posts FleetUpdated / QualityUpdated / EventsArrived / ConnectionChanged; the App keeps them in one
-FleetStore and tells the screens in its stack, which update their tables in place. While the control plane
+The feed posts FleetUpdated / QualityUpdated / OptimizationUpdated / EventsArrived / ConnectionChanged; the App
+keeps them in one FleetStore and tells the screens in its stack, which update their tables in place. While the control plane
 is away the App says so on every screen, greys the last data it has, and the feed reconnects on its own.
 """
 
@@ -28,6 +28,7 @@ from llmctl.tui.messages import (
     EventsArrived,
     FleetUpdated,
     Link,
+    OptimizationUpdated,
     QualityUpdated,
 )
 from llmctl.tui.screens.base import DashboardScreen
@@ -90,6 +91,12 @@ class DashboardApp(ActionsMixin, App[None]):
         self.store.apply_quality(message.name, message.report, message.error)
         for screen in self._dashboard_screens():
             screen.quality_changed(self.store, message.name)
+
+    @on(OptimizationUpdated)
+    def _optimization_updated(self, message: OptimizationUpdated) -> None:
+        self.store.apply_optimization(message.name, message.report, message.at, message.error)
+        for screen in self._dashboard_screens():
+            screen.optimization_changed(self.store, message.name)
 
     @on(EventsArrived)
     def _events_arrived(self, message: EventsArrived) -> None:

@@ -1,7 +1,8 @@
 """The dashboard's only way to the control plane: AdminService over gRPC, in background workers.
 
     poll worker   ListNodes + ListDeployments every poll_interval_s -> FleetUpdated (or ConnectionChanged),
-                  and GetQuality of each followed deployment (an open Deployment screen) -> QualityUpdated
+                  and for each followed deployment (an open Deployment screen) GetQuality -> QualityUpdated
+                  and GetOptimization (its newest run) -> OptimizationUpdated
     watch worker  WatchEvents from the last event seen -> EventsArrived, bursts merged into one message
     call(fn)      one request (a deploy, a rollback, revisions) from an action's worker thread
 
@@ -11,6 +12,7 @@ control plane is found at once rather than after gRPC's reconnect backoff) and t
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -21,7 +23,7 @@ from textual.app import App
 from textual.message import Message
 
 from llmctl.controlplane.client import AdminClient, EventWatch
-from llmctl.controlplane.errors import ControlPlaneError, Forbidden, Unauthenticated, Unavailable
+from llmctl.controlplane.errors import ControlPlaneError, Forbidden, NotFound, Unauthenticated, Unavailable
 from llmctl.tui.messages import (
     Connection,
     ConnectionChanged,
@@ -29,6 +31,7 @@ from llmctl.tui.messages import (
     EventsArrived,
     FleetUpdated,
     Link,
+    OptimizationUpdated,
     QualityUpdated,
 )
 
@@ -53,11 +56,12 @@ class Feed(Protocol):
     def call(self, request: Callable[[AdminClient], T]) -> T:
         """Run `request` against the AdminService (blocking; from a worker thread)."""
 
-    def follow_quality(self, name: str) -> None:
-        """Poll deployment `name`'s quality report with the fleet (QualityUpdated), from now until as many
-        unfollow_quality calls: a Deployment screen follows its deployment while it is open."""
+    def follow(self, name: str) -> None:
+        """Poll deployment `name`'s quality report (QualityUpdated) and newest optimization run
+        (OptimizationUpdated) with the fleet, from now until as many unfollow calls: a Deployment screen
+        follows its deployment while it is open."""
 
-    def unfollow_quality(self, name: str) -> None: ...
+    def unfollow(self, name: str) -> None: ...
 
 
 class LiveFeed:
@@ -78,7 +82,7 @@ class LiveFeed:
         self._stop = threading.Event()
         self._wake = threading.Event()
         """Ends the poll worker's wait early: stopping, or a deployment newly followed."""
-        self._quality_for: Counter[str] = Counter()
+        self._followed: Counter[str] = Counter()
         self._applied = threading.Event()
         self._mailbox = EventMailbox()
         self._post: Callable[[Message], object] = lambda message: None
@@ -112,16 +116,16 @@ class LiveFeed:
             self._discard(client)
             raise
 
-    def follow_quality(self, name: str) -> None:
+    def follow(self, name: str) -> None:
         with self._lock:
-            self._quality_for[name] += 1
-        self._wake.set()  # a screen just opened: its report now, not a poll interval later
+            self._followed[name] += 1
+        self._wake.set()  # a screen just opened: its reports now, not a poll interval later
 
-    def unfollow_quality(self, name: str) -> None:
+    def unfollow(self, name: str) -> None:
         with self._lock:
-            self._quality_for[name] -= 1
-            if self._quality_for[name] <= 0:
-                del self._quality_for[name]
+            self._followed[name] -= 1
+            if self._followed[name] <= 0:
+                del self._followed[name]
 
     # -- workers ------------------------------------------------------------------------------------------
     def _poll_loop(self) -> None:
@@ -132,7 +136,7 @@ class LiveFeed:
             try:
                 nodes, deployments = client.list_nodes(), client.list_deployments()
                 at = time.time()
-                reports = self._poll_quality(client, at)
+                reports = self._poll_followed(client, at)
             except (Unauthenticated, Forbidden) as e:
                 failures += 1
                 self._post(ConnectionChanged(Connection(Link.REFUSED, self.address, e.message)))
@@ -154,19 +158,16 @@ class LiveFeed:
             self._wake.wait(max(0.0, wait - (time.monotonic() - started)))
             self._wake.clear()
 
-    def _poll_quality(self, client: AdminClient, at: float) -> list[QualityUpdated]:
-        """The followed deployments' reports. A refusal for one (the deployment was deleted, an older
-        control plane without quality sampling) goes to its screen; a lost connection fails the whole poll."""
+    def _poll_followed(self, client: AdminClient, at: float) -> list[Message]:
+        """The followed deployments' quality reports and newest optimization runs. A refusal for one (the
+        deployment was deleted, an older control plane without quality sampling or the optimizer) goes to its
+        screen; a lost connection fails the whole poll."""
         with self._lock:
-            names = sorted(self._quality_for)
-        reports = []
+            names = sorted(self._followed)
+        reports: list[Message] = []
         for name in names:
-            try:
-                reports.append(QualityUpdated(name, client.get_quality(name), at))
-            except Unavailable:
-                raise
-            except ControlPlaneError as e:
-                reports.append(QualityUpdated(name, None, at, e.message))
+            reports.append(_quality(client, name, at))
+            reports.append(_optimization(client, name, at))
         return reports
 
     def _watch_loop(self) -> None:
@@ -219,3 +220,32 @@ class LiveFeed:
         with self._lock:
             if self._client is client:
                 self._client = None
+
+
+def _quality(client: AdminClient, name: str, at: float) -> QualityUpdated:
+    try:
+        return QualityUpdated(name, client.get_quality(name), at)
+    except Unavailable:
+        raise
+    except ControlPlaneError as e:
+        return QualityUpdated(name, None, at, e.message)
+
+
+def _optimization(client: AdminClient, name: str, at: float) -> OptimizationUpdated:
+    """The newest run's report, parsed here rather than on the UI thread (a long run's trail carries every
+    measurement's full result)."""
+    try:
+        run = client.get_optimization(deployment=name)
+    except Unavailable:
+        raise
+    except NotFound:
+        return OptimizationUpdated(name, None, at)  # no run yet (or no such deployment: the summary says so)
+    except ControlPlaneError as e:
+        return OptimizationUpdated(name, None, at, e.message)
+    try:
+        report = json.loads(run.report_json)
+    except ValueError as e:
+        return OptimizationUpdated(name, None, at, f"run {run.id}'s report is not JSON ({e})")
+    if not isinstance(report, dict):
+        return OptimizationUpdated(name, None, at, f"run {run.id}'s report is not a JSON object")
+    return OptimizationUpdated(name, report, at)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from textual.message import Message
 
@@ -48,6 +49,15 @@ class QualityUpdated(Message):
     (`report` None, `error` its message: the deployment is gone, or the control plane has no quality)."""
 
     def __init__(self, name: str, report: pb.QualityReport | None, at: float, error: str = "") -> None:
+        super().__init__()
+        self.name, self.report, self.at, self.error = name, report, at, error
+
+
+class OptimizationUpdated(Message):
+    """One poll of a followed deployment's newest optimization run (GetOptimization): its report (report_json,
+    parsed by the feed's thread), None when the deployment has no run, or the control plane's error."""
+
+    def __init__(self, name: str, report: dict[str, Any] | None, at: float, error: str = "") -> None:
         super().__init__()
         self.name, self.report, self.at, self.error = name, report, at, error
 

@@ -1,7 +1,8 @@
 """A feed that replays recorded AdminService answers: the same messages as the live feed, no network.
 
 Snapshot tests, the 50-node responsiveness test and the docs' screen capture use it with
-`demo_recording()`, a deterministic fleet (fixed times and values), so the screens are byte-stable.
+`demo_recording()`, a deterministic fleet (fixed times and values), so the screens are byte-stable; `chat` has an
+optimization run under way (recorded_optimization.py), whose later stages a test can play.
 Actions are refused with a clear error: there is no control plane behind a recording.
 """
 
@@ -24,13 +25,18 @@ from llmctl.tui.messages import (
     EventsArrived,
     FleetUpdated,
     Link,
+    OptimizationUpdated,
     QualityUpdated,
 )
+from llmctl.tui.recorded_optimization import demo_optimization
 
 T = TypeVar("T")
 GIB = 1 << 30
 START = 1_700_000_000.0
 """Recorded clock: 2023-11-14 22:13:20 UTC."""
+RUN_STARTED = START - 150
+"""When `chat`'s optimization run started (the recording ends 325 s into it)."""
+OPTIMIZATION_STAGE = 3
 
 
 @dataclass
@@ -48,6 +54,8 @@ class Recording:
     events: list[pb.Event] = field(default_factory=list)
     revisions: dict[str, list[pb.Revision]] = field(default_factory=dict)
     quality: dict[str, pb.QualityReport] = field(default_factory=dict)
+    optimizations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The newest optimization run's report per deployment (absent: the deployment has none)."""
 
 
 class RecordedAdmin:
@@ -71,6 +79,16 @@ class RecordedAdmin:
         if name not in self._recording.quality:
             raise NotFound(f"deployment {name!r} not found")
         return self._recording.quality[name]
+
+    def get_optimization(self, *, run_id: int = 0, deployment: str = "") -> pb.OptimizationRun:
+        report = self._recording.optimizations.get(deployment)
+        if run_id or report is None:
+            raise NotFound(f"deployment {deployment} has no optimization runs; start one with `llmctl optimize "
+                           f"{deployment} --goal throughput`")
+        return pb.OptimizationRun(id=report["id"], deployment=deployment, state=report["state"],
+                                  goal=report["goal"], created_at=report["created_at"],
+                                  finished_at=report["finished_at"] or 0.0, summary=report["summary"],
+                                  report_json=json.dumps(report))
 
     def list_events(self, *, after_id: int = 0, deployment: str | None = None,
                     limit: int = 0) -> list[pb.Event]:
@@ -108,23 +126,29 @@ class RecordedFeed:
     def call(self, request: Callable[[Any], T]) -> T:
         return request(RecordedAdmin(self.recording))
 
-    def follow_quality(self, name: str) -> None:
+    def follow(self, name: str) -> None:
         self._following[name] += 1
-        if self._app is not None:  # as the live feed does: the report at once, then with every poll
-            self._app.post_message(self._quality(name))
+        if self._app is not None:  # as the live feed does: the reports at once, then with every poll
+            self._post_followed(name)
 
-    def unfollow_quality(self, name: str) -> None:
+    def unfollow(self, name: str) -> None:
         self._following[name] -= 1
         if self._following[name] <= 0:
             del self._following[name]
 
     def play(self, frame: Frame) -> None:
-        """One more poll's answers, as if the control plane had just been asked."""
+        """One more poll's answers, as if the control plane had just been asked (change the recording's
+        quality reports or optimization runs first, and this poll brings the change)."""
         assert self._app is not None, "start() first"
         self.recording.frames.append(frame)
         for name in sorted(self._following):
-            self._app.post_message(self._quality(name))
+            self._post_followed(name)
         self._app.post_message(FleetUpdated(frame.nodes, frame.deployments, frame.at))
+
+    def _post_followed(self, name: str) -> None:
+        assert self._app is not None
+        self._app.post_message(self._quality(name))
+        self._app.post_message(self._optimization(name))
 
     def _quality(self, name: str) -> QualityUpdated:
         at = self.recording.frames[-1].at
@@ -132,6 +156,14 @@ class RecordedFeed:
             return QualityUpdated(name, RecordedAdmin(self.recording).get_quality(name), at)
         except NotFound as e:
             return QualityUpdated(name, None, at, e.message)
+
+    def _optimization(self, name: str) -> OptimizationUpdated:
+        at = self.recording.frames[-1].at
+        try:
+            run = RecordedAdmin(self.recording).get_optimization(deployment=name)
+        except NotFound:
+            return OptimizationUpdated(name, None, at)
+        return OptimizationUpdated(name, json.loads(run.report_json), at)
 
     def lose_connection(self, detail: str) -> None:
         assert self._app is not None, "start() first"
@@ -208,6 +240,9 @@ def demo_deployment(index: int, frame: int, nodes: int) -> pb.Deployment:
             replica.url = f"http://10.0.0.{(index + r) % 250 + 1}:{9000 + r}"
         else:
             replica.state = pb.REPLICA_STATE_STARTING
+    if index == 0 and nodes:  # chat's optimization run measures its current best on a TRIAL replica
+        deployment.replicas.add(id=503, node="gpu-node-00", revision=1, restarts=0, role="trial",
+                                state=pb.REPLICA_STATE_READY, url="http://10.0.0.1:9100")
     if serving:
         stats = deployment.stats
         stats.requests_per_s = _wave(frame + index, 10, 1, 12)
@@ -316,9 +351,11 @@ def demo_frame(frame: int, *, nodes: int, deployments: int) -> Frame:
 def demo_recording(nodes: int = 5, deployments: int = 4, frames: int = 36) -> Recording:
     """`frames` polls 5 s apart (three minutes of history) of a fleet with a healthy, a host-only, an
     unhealthy and a draining node, and deployments serving, quantized, and still starting; each serving
-    one samples answers for quality, and `code`'s current (awq) revision is degraded."""
+    one samples answers for quality, `code`'s current (awq) revision is degraded, and `chat` is being
+    optimized (its run at OPTIMIZATION_STAGE: growing the KV pool kept, AWQ's quality eval under way)."""
     played = [demo_frame(f, nodes=nodes, deployments=deployments) for f in range(frames)]
     last = played[-1].deployments
     return Recording(frames=played, events=demo_events(last, nodes),
                      revisions={d.name: demo_revisions(d) for d in last},
-                     quality={d.name: demo_quality(d) for d in last})
+                     quality={d.name: demo_quality(d) for d in last},
+                     optimizations={"chat": demo_optimization("chat", OPTIMIZATION_STAGE, created_at=RUN_STARTED)})

@@ -1,5 +1,5 @@
 """The dashboard's copy of the fleet: the latest nodes and deployments, their history, the quality reports
-of the deployments whose screens are open, and the audit log.
+and newest optimization runs of the deployments whose screens are open, and the audit log.
 
 The App owns one FleetStore; messages from the feed change it, and screens read it to update their widgets.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 from llmctl.controlplane.proto import llmctl_pb2 as pb
 from llmctl.tui.history import History, sample_of
@@ -29,6 +30,13 @@ class FleetStore:
         """The latest quality report of each followed deployment (kept after its screen closes)."""
         self.quality_errors: dict[str, str] = {}
         """Why the latest poll of a deployment's quality report failed; gone once one succeeds."""
+        self.optimizations: dict[str, dict[str, Any] | None] = {}
+        """The report of each followed deployment's newest optimization run (None: it has none; absent: not
+        polled yet)."""
+        self.optimization_errors: dict[str, str] = {}
+        """Why the latest poll of a deployment's optimization run failed; gone once one succeeds."""
+        self.optimizations_at: dict[str, float] = {}
+        """When each deployment's optimization run was last read (a running run's time so far ends there)."""
         self.updated_at: float | None = None
         """When the control plane last answered (the poll's time)."""
 
@@ -43,6 +51,8 @@ class FleetStore:
             del self.histories[gone]
         for gone in self.quality.keys() - self.deployments.keys():
             del self.quality[gone]
+        for gone in self.optimizations.keys() - self.deployments.keys():
+            del self.optimizations[gone], self.optimizations_at[gone]
         self.updated_at = at
 
     def apply_quality(self, name: str, report: pb.QualityReport | None, error: str = "") -> None:
@@ -52,6 +62,16 @@ class FleetStore:
             self.quality_errors.pop(name, None)
         else:
             self.quality_errors[name] = error
+
+    def apply_optimization(self, name: str, report: dict[str, Any] | None, at: float, error: str = "") -> None:
+        """One poll of deployment `name`'s newest optimization run: its report (None: no run), or the error
+        (the last report stays)."""
+        if error:
+            self.optimization_errors[name] = error
+            return
+        self.optimizations[name] = report
+        self.optimizations_at[name] = at
+        self.optimization_errors.pop(name, None)
 
     @property
     def last_event_id(self) -> int:

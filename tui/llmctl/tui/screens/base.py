@@ -1,6 +1,6 @@
 """What every dashboard screen has: the connection line on top, the `/` filter, the last action's result
 and the key bar at the bottom; and how data reaches it (the App calls fleet_changed / quality_changed /
-events_arrived)."""
+optimization_changed / events_arrived)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,9 @@ class DashboardScreen(Screen[None]):
 
     def quality_changed(self, store: FleetStore, name: str) -> None:
         """A new quality report (or error) for deployment `name`, which a screen follows."""
+
+    def optimization_changed(self, store: FleetStore, name: str) -> None:
+        """A new read of deployment `name`'s newest optimization run (or an error), which a screen follows."""
 
     def events_arrived(self, store: FleetStore, events: list[pb.Event]) -> None:
         pass

@@ -1,6 +1,7 @@
 """One deployment (Enter on the Fleet screen): its quality judgement and sampling policy, revision history
-with a config diff between any two revisions, its replicas (serving and scoring) and where they run,
-latency and quality over time, and its recent events. While it is open the feed polls its quality report."""
+with a config diff between any two revisions, its replicas (serving, scoring, trial) and where they run, its
+newest optimization run step by step, latency and quality over time, and its recent events. While it is open
+the feed polls its quality report and newest optimization run."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from llmctl.tui.store import FleetStore
 from llmctl.tui.widgets.config_diff import ConfigDiff
 from llmctl.tui.widgets.events_table import DeploymentEventsTable
 from llmctl.tui.widgets.latency_plot import LatencyPlot
+from llmctl.tui.widgets.optimization_panel import OptimizationPanel
 from llmctl.tui.widgets.quality_plot import QualityPlot
 from llmctl.tui.widgets.replicas_table import ReplicasTable
 from llmctl.tui.widgets.revisions_table import RevisionsTable
@@ -88,20 +90,22 @@ class DeploymentScreen(DashboardScreen):
             yield RevisionsTable(id="revisions")
             yield ConfigDiff()
         yield ReplicasTable(id="replicas")
+        yield OptimizationPanel(self.deployment)
         with Horizontal(id="deployment-plots"):
             yield LatencyPlot()
             yield QualityPlot()
         yield DeploymentEventsTable(limit=200, id="deployment-events")
 
     def on_mount(self) -> None:
-        self.dashboard.feed.follow_quality(self.deployment)
+        self.dashboard.feed.follow(self.deployment)
         super().on_mount()
         self.query_one(DeploymentEventsTable).border_title = "Recent events"
         self.quality_changed(self.dashboard.store, self.deployment)
+        self.optimization_changed(self.dashboard.store, self.deployment)
         self.load_revisions()
 
     def on_unmount(self) -> None:
-        self.dashboard.feed.unfollow_quality(self.deployment)
+        self.dashboard.feed.unfollow(self.deployment)
 
     # -- data ---------------------------------------------------------------------------------------------
     def fleet_changed(self, store: FleetStore) -> None:
@@ -117,6 +121,13 @@ class DeploymentScreen(DashboardScreen):
             return
         self._show_policy(store)
         self.query_one(QualityPlot).show(store.quality.get(name), store.quality_errors.get(name, ""))
+
+    def optimization_changed(self, store: FleetStore, name: str) -> None:
+        if name != self.deployment:
+            return
+        self.query_one(OptimizationPanel).show(store.optimizations.get(name), polled=name in store.optimizations,
+                                               error=store.optimization_errors.get(name, ""),
+                                               at=store.optimizations_at.get(name))
 
     def _show_policy(self, store: FleetStore) -> None:
         line = policy_line(store.deployments.get(self.deployment), store.quality.get(self.deployment),
