@@ -35,7 +35,7 @@ DIST_KEYS = {"mean", "p50", "p95", "p99"}
 def options(**overrides) -> BenchOptions:
     fields = dict(requests=6, input_len="4:24", output_len="2:7", shared_prefix_len=0, request_rate="inf",
                   seed=0, baselines="", hf_batch_size=4, url=None, compare_prefix_caching=False,
-                  run_engine=True, json_path=None)
+                  run_engine=True, json_path=None, workload=None)
     fields.update(overrides)
     return BenchOptions.from_cli(**fields)
 
@@ -238,3 +238,53 @@ def test_a_workload_longer_than_the_context_is_rejected_before_loading(tiny_mode
     config = EngineConfig(model=str(tiny_model), dtype="float32")
     with pytest.raises(ValueError, match="the longest request needs 560 tokens .* context limit is 512"):
         run_bench(options(input_len="100:500", output_len="10:60"), config, console=quiet())
+
+
+def test_explicit_lengths_are_cycled_over_the_requests_behind_the_shared_prefix():
+    tokenizer = make_tokenizer()
+    pairs = [[3, 2], [9, 5], [6, 1]]
+    opts = options(requests=7, shared_prefix_len=4, workload={"lengths": pairs})
+    assert (opts.input_len, opts.output_len) == ((3, 9), (1, 5))  # the ranges span the lengths
+    workload = make_workload(tokenizer, opts)
+    assert workload == make_workload(tokenizer, opts)
+    expected = [pairs[i % 3] for i in range(7)]
+    assert [[len(r.prompt_token_ids) - 4, r.output_len] for r in workload] == expected
+    assert {tuple(r.prompt_token_ids[:4]) for r in workload} == {tuple(workload[0].prompt_token_ids[:4])}
+    # The file's keys win over the flags they name.
+    spec = {"requests": 2, "seed": 5, "request_rate": 4, "lengths": pairs}
+    assert options(workload=spec).requests == 2 and options(workload=spec).request_rate == 4.0
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "--workload {path}: no such file"),
+    ("{requests: 2", "--workload {path} is not valid JSON"),
+    ("[1]", "--workload {path} must hold a JSON object"),
+    ('{"prompts": 2}', "--workload {path}: unknown key(s) prompts"),
+    ('{"lengths": [[4, 0]]}', "workload lengths must be 1 to 10000 pairs [input_tokens, output_tokens]"),
+    ('{"request_rate": "soon"}', "--request-rate must be a positive number or inf, got 'soon'"),
+])
+def test_cli_bench_refuses_a_bad_workload_file_in_one_line(tiny_model, tmp_path, content, message):
+    from llmctl.controlplane.cli import app
+
+    path = tmp_path / "workload.json"
+    if content is not None:
+        path.write_text(content)
+    result = CliRunner().invoke(app, ["bench", "--model", str(tiny_model), "--workload", str(path)])
+    assert result.exit_code == 2
+    assert message.format(path=path) in " ".join(result.output.split())
+
+
+def test_cli_bench_runs_a_workload_file_with_recorded_lengths(tiny_model, tmp_path):
+    from llmctl.controlplane.cli import app
+
+    spec = tmp_path / "workload.json"
+    spec.write_text(json.dumps({"requests": 5, "shared_prefix_len": 8, "lengths": [[4, 3], [12, 6]]}))
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--model", str(tiny_model), "--dtype", "float32", "--input-len",
+                                      "100:200", "--workload", str(spec), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "recorded lengths" in result.output
+    data = json.loads(out.read_text())
+    assert data["runs"][0]["output_tokens_per_request"] == [3, 6, 3, 6, 3]
+    assert data["workload"]["lengths"] == [[4, 3], [12, 6]] and data["workload"]["input_len"] == [4, 12]
+    assert data["workload"]["total_prompt_tokens"] == 5 * 8 + 4 + 12 + 4 + 12 + 4

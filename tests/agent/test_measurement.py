@@ -91,6 +91,19 @@ def test_a_bench_measurement_reports_throughput_and_what_the_server_said(outcome
     assert server_said["model_bytes"] >= server_said["linear_weight_bytes"] > 0
 
 
+def test_a_bench_with_recorded_lengths_hands_them_to_the_child_in_a_file(outcomes, server, tiny_llama):
+    lengths = [[8, 3], [20, 5]]
+    args = bench_args(server, tiny_llama, requests=4, input_len=[8, 20], output_len=[3, 5], lengths=lengths)
+    assert "--workload" not in measurement_argv("bench", args)  # one pair per request may not fit a command line
+    outcomes.runner.submit(8, "bench", args, timeout_s=120)
+    outcome = outcomes.next()
+    assert outcome.ok, outcome.error
+    (run,) = outcome.result["runs"]
+    assert run["output_tokens_per_request"] == [3, 5, 3, 5]
+    assert outcome.result["workload"]["lengths"] == lengths
+    assert list(outcomes.runner.work_dir.iterdir()) == []  # the input file went with the output
+
+
 def test_eval_measurement_compares_two_engine_configs_of_one_model(outcomes, tiny_llama):
     config = {"dtype": "float32", "num_kv_blocks": 64}
     args = {"model": str(tiny_llama), "engine_config": {**config, "kv_cache_dtype": "int8"},
@@ -116,6 +129,7 @@ def test_eval_measurement_compares_two_engine_configs_of_one_model(outcomes, tin
     ("bench", {"url": "http://h", "model": "m", "workload": {"input_len": [9, 3]}}, "workload.input_len must be"),
     ("bench", {"url": "http://h", "model": "m", "workload": {"request_rate": 0}}, "request_rate must be a positive"),
     ("bench", {"url": "http://h", "model": "m", "workload": {"rps": 3}}, "unknown workload key(s) rps"),
+    ("bench", {"url": "http://h", "model": "m", "workload": {"lengths": [[3, 0]]}}, "workload.lengths must be"),
     ("bench", [1, 2], "bench argument must be a JSON object"),
     ("eval", {"engine_config": {}}, "needs 'model'"),
     ("eval", {"model": "m", "engine_config": "int8"}, "engine_config must be a JSON object"),

@@ -272,3 +272,34 @@ def test_a_control_plane_restart_in_the_middle_of_a_run_resumes_it(tmp_path: Pat
             assert report["result_revision"] == 2
         finally:
             fleet.close()
+
+
+def test_a_run_from_traffic_measures_with_and_stores_the_workload_made_from_the_window(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from llmctl.controlplane.db.models import Measurement, utcnow
+    from llmctl.controlplane.db.session import make_engine, session_factory, session_scope
+    from llmctl.controlplane.services import traffic
+
+    with optimizing_fleet(tmp_path) as (plane, admin, _fleet):
+        engine = make_engine(plane.database_url)
+        db = session_factory(engine)
+        with session_scope(db) as session:
+            now = utcnow()
+            for i in range(10):  # one request every 2 s, 48 prompt tokens shared, as the gateway records them
+                traffic.record(session, deployment_name="chat", arrived_at=now - timedelta(seconds=20 - 2 * i),
+                               prompt_tokens=80 + i, completion_tokens=16 + i, shared_prefix_tokens=48)
+        with session_scope(db) as session:
+            expected = traffic.window_workload(session, name="chat", window_s=600)
+        run = start(admin, from_traffic=True, traffic_window_minutes=10, techniques=["kv-cache-size"])
+        report = finished(admin, run.id)
+        assert report["state"] == "succeeded", report["summary"]
+        assert report["workload"] == expected and report["options"]["from_traffic"] is True
+        assert expected["shared_prefix_len"] == 48 and expected["request_rate"] == pytest.approx(0.5, rel=1e-3)
+        assert sorted(map(tuple, expected["lengths"])) == [(32 + i, 16 + i) for i in range(10)]
+        with session_scope(db) as session:
+            benched = [m.args["workload"] for m in session.scalars(select(Measurement)) if m.kind == "bench"]
+        engine.dispose()
+        assert benched and all(w == expected for w in benched)

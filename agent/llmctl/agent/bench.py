@@ -33,6 +33,42 @@ def parse_range(flag: str, text: str) -> tuple[int, int]:
     return bounds
 
 
+WORKLOAD_KEYS = ("requests", "input_len", "output_len", "shared_prefix_len", "request_rate", "seed", "lengths")
+"""What a --workload file may hold; its keys win over the matching flags."""
+MAX_LENGTHS = 10_000
+
+
+def read_workload_file(path: str) -> dict[str, Any]:
+    """The --workload file: a JSON object of WORKLOAD_KEYS (as `llmctl traffic -o json` prints under
+    "workload"). ValueError with one line saying what is wrong."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--workload {path}: no such file") from None
+    except OSError as exc:
+        raise ValueError(f"--workload {path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"--workload {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--workload {path} must hold a JSON object of {', '.join(WORKLOAD_KEYS)}")
+    unknown = sorted(set(data) - set(WORKLOAD_KEYS))
+    if unknown:
+        raise ValueError(f"--workload {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(WORKLOAD_KEYS)}")
+    return data
+
+
+def parse_lengths(raw: Any) -> tuple[tuple[int, int], ...]:
+    """[[input_tokens, output_tokens], ...] -> a tuple of pairs of integers >= 1."""
+    def positive(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if not (isinstance(raw, list) and 1 <= len(raw) <= MAX_LENGTHS
+            and all(isinstance(p, list) and len(p) == 2 and positive(p[0]) and positive(p[1]) for p in raw)):
+        raise ValueError(f"workload lengths must be 1 to {MAX_LENGTHS} pairs [input_tokens, output_tokens] of "
+                         "integers >= 1")
+    return tuple((p[0], p[1]) for p in raw)
+
+
 @dataclass(frozen=True)
 class BenchOptions:
     """What to run and on which workload. Lengths count tokens; a shared prefix adds to input_len."""
@@ -41,6 +77,9 @@ class BenchOptions:
     input_len: tuple[int, int] = (32, 512)
     output_len: tuple[int, int] = (16, 256)
     shared_prefix_len: int = 0
+    lengths: tuple[tuple[int, int], ...] | None = None
+    """Explicit (input, output) lengths, request i taking pair i mod len (a workload from recorded traffic);
+    input_len and output_len are then their smallest and largest."""
     request_rate: float = math.inf
     """Mean arrivals per second of a Poisson process; inf sends every request at t=0."""
     seed: int = 0
@@ -56,6 +95,11 @@ class BenchOptions:
             raise ValueError(f"--requests must be >= 1, got {self.requests}")
         if self.shared_prefix_len < 0:
             raise ValueError(f"--shared-prefix-len must be >= 0, got {self.shared_prefix_len}")
+        if self.lengths is not None:
+            if not self.lengths:
+                raise ValueError("workload lengths must hold at least one [input_tokens, output_tokens] pair")
+            for i, name in enumerate(("input_len", "output_len")):
+                object.__setattr__(self, name, (min(p[i] for p in self.lengths), max(p[i] for p in self.lengths)))
         if not self.request_rate > 0:
             raise ValueError(f"--request-rate must be a positive number or inf, got {self.request_rate}")
         unknown = [b for b in self.baselines if b not in BASELINES]
@@ -74,24 +118,43 @@ class BenchOptions:
     def from_cli(
         cls, *, requests: int, input_len: str, output_len: str, shared_prefix_len: int, request_rate: str,
         seed: int, baselines: str, hf_batch_size: int, url: str | None, compare_prefix_caching: bool,
-        run_engine: bool, json_path: str | None,
+        run_engine: bool, json_path: str | None, workload: dict[str, Any] | None = None,
     ) -> BenchOptions:
         """Parse the CLI's strings. With --url the in-process engine stays off: --model then only names the
-        tokenizer (and the baselines' weights), so no local engine competes with the server."""
+        tokenizer (and the baselines' weights), so no local engine competes with the server. `workload` (a
+        --workload file's object) wins over the flags it has keys for; its lengths over both ranges."""
+        workload = workload or {}
+        raw_rate = workload.get("request_rate", request_rate)
         try:
-            rate = math.inf if request_rate.strip().lower() in ("inf", "infinity") else float(request_rate)
+            rate = math.nan if isinstance(raw_rate, bool) else float(str(raw_rate).strip())
         except ValueError:
-            message = f"--request-rate must be a positive number or inf, got {request_rate!r}"
-            raise ValueError(message) from None
+            rate = math.nan
+        if not rate > 0:
+            raise ValueError(f"--request-rate must be a positive number or inf, got {raw_rate!r}")
+        lengths = parse_lengths(workload["lengths"]) if "lengths" in workload else None
+        spans = ((1, 1), (1, 1)) if lengths is not None else (
+            parse_range("--input-len", _range_text(workload.get("input_len", input_len))),
+            parse_range("--output-len", _range_text(workload.get("output_len", output_len))))
+        counts = {key: workload.get(key, flag) for key, flag in
+                  (("requests", requests), ("shared_prefix_len", shared_prefix_len), ("seed", seed))}
+        for key, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"workload {key} must be an integer, got {value!r}")
         return cls(
-            requests=requests, input_len=parse_range("--input-len", input_len),
-            output_len=parse_range("--output-len", output_len), shared_prefix_len=shared_prefix_len,
-            request_rate=rate, seed=seed,
+            requests=counts["requests"], input_len=spans[0], output_len=spans[1],
+            shared_prefix_len=counts["shared_prefix_len"], lengths=lengths, request_rate=rate, seed=counts["seed"],
             baselines=tuple(name.strip() for name in baselines.split(",") if name.strip()),
             hf_batch_size=hf_batch_size, url=url.rstrip("/") if url else None,
             compare_prefix_caching=compare_prefix_caching, run_engine=run_engine and url is None,
             json_path=json_path,
         )
+
+
+def _range_text(value: Any) -> str:
+    """A workload file's [A, B] (or N) as the "A:B" the range flags take."""
+    if isinstance(value, list) and len(value) == 2:
+        return f"{value[0]}:{value[1]}"
+    return str(value)
 
 
 def resolve_dtype(requested: str, device: str = "cpu") -> str:
@@ -124,12 +187,16 @@ def word_token_ids(tokenizer) -> list[int]:
 
 
 def make_workload(tokenizer, options: BenchOptions) -> list[BenchRequest]:
-    """The same seed gives the same prompts, lengths and arrival times on every target."""
+    """The same seed gives the same prompts, lengths and arrival times on every target. Explicit lengths are
+    taken in order, cycled (or cut) to the number of requests."""
     rng = random.Random(options.seed)
     pool = word_token_ids(tokenizer)
     prefix = rng.choices(pool, k=options.shared_prefix_len)
     n = options.requests
-    lens = [(rng.randint(*options.input_len), rng.randint(*options.output_len)) for _ in range(n)]
+    if options.lengths is not None:
+        lens = [options.lengths[i % len(options.lengths)] for i in range(n)]
+    else:
+        lens = [(rng.randint(*options.input_len), rng.randint(*options.output_len)) for _ in range(n)]
     prompts = [prefix + rng.choices(pool, k=n_in) for n_in, _ in lens]
     arrivals, t = [], 0.0
     for _ in range(n):
@@ -234,6 +301,7 @@ class BenchReport:
                 "shared_prefix_len": o.shared_prefix_len,
                 "request_rate": "inf" if math.isinf(o.request_rate) else o.request_rate,
                 "seed": o.seed,
+                **({"lengths": [list(p) for p in o.lengths]} if o.lengths is not None else {}),
                 "total_prompt_tokens": sum(len(w.prompt_token_ids) for w in self.workload),
                 "total_output_tokens": sum(w.output_len for w in self.workload),
             },
@@ -409,12 +477,16 @@ def check_context(folder: Path, config, options: BenchOptions) -> None:
     limit = getattr(AutoConfig.from_pretrained(folder), "max_position_embeddings", None)
     if config.max_model_len is not None:
         limit = min(limit or config.max_model_len, config.max_model_len)
-    longest = options.shared_prefix_len + options.input_len[1] + options.output_len[1]
+    n_in, n_out = options.input_len[1], options.output_len[1]
+    if options.lengths is not None:
+        n_in, n_out = max(options.lengths, key=sum)
+    longest = options.shared_prefix_len + n_in + n_out
     if limit is not None and longest > limit:
         raise ValueError(
             f"the longest request needs {longest} tokens (shared prefix {options.shared_prefix_len} + input "
-            f"{options.input_len[1]} + output {options.output_len[1]}) but the context limit is {limit}; "
-            "lower --input-len, --output-len or --shared-prefix-len"
+            f"{n_in} + output {n_out}) but the context limit is {limit}; "
+            + ("shorten the workload's lengths or shared_prefix_len" if options.lengths is not None
+               else "lower --input-len, --output-len or --shared-prefix-len")
         )
 
 
@@ -524,7 +596,8 @@ def print_report(report: BenchReport, console) -> None:
         box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
         title=f"llmctl bench: {report.model} ({report.dtype or 'server dtype'})",
         caption=(
-            f"{o.requests} requests, input {o.input_len[0]}:{o.input_len[1]} "
+            f"{o.requests} requests, input {o.input_len[0]}:{o.input_len[1]}"
+            f"{' (recorded lengths)' if o.lengths is not None else ''} "
             f"(+{o.shared_prefix_len} shared), "
             f"output {o.output_len[0]}:{o.output_len[1]}, rate {rate}, seed {o.seed}"
         ),

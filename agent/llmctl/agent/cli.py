@@ -207,6 +207,10 @@ def bench(
     shared_prefix_len: Annotated[int, typer.Option("--shared-prefix-len")] = 0,
     request_rate: Annotated[str, typer.Option("--request-rate", help="requests/s or inf")] = "inf",
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    workload: Annotated[str | None, typer.Option(
+        "--workload", metavar="FILE",
+        help="JSON object of workload keys (requests, input_len, output_len, shared_prefix_len, request_rate, "
+             "seed, lengths: [[input, output], ...]); its keys win over those flags, lengths over both ranges")] = None,
     baselines: Annotated[str, typer.Option("--baselines", help="hf-sequential,hf-static")] = "",
     hf_batch_size: Annotated[int, typer.Option("--hf-batch-size")] = 16,
     compare_prefix_caching: Annotated[bool, typer.Option("--compare-prefix-caching")] = False,
@@ -226,7 +230,7 @@ def bench(
     group_size: GroupSize = "auto",
 ) -> None:
     """Measure TTFT, TPOT, ITL and throughput of the engine, a URL, or the transformers baselines."""
-    from llmctl.agent.bench import BenchOptions, run_bench
+    from llmctl.agent.bench import BenchOptions, read_workload_file, run_bench
     from llmctl.agent.engine.errors import EngineError
 
     if model is None and url is None:
@@ -237,7 +241,7 @@ def bench(
             shared_prefix_len=shared_prefix_len, request_rate=request_rate, seed=seed,
             baselines=baselines, hf_batch_size=hf_batch_size, url=url,
             compare_prefix_caching=compare_prefix_caching, run_engine=not no_engine,
-            json_path=json_path,
+            json_path=json_path, workload=read_workload_file(workload) if workload is not None else None,
         )
         config = None
         if model is not None:

@@ -8,6 +8,8 @@ MeasurementOutcome with the child's JSON output. Arguments, by kind:
             "workload": {"requests": 24, "input_len": [32, 128], "output_len": [32, 96],
                          "shared_prefix_len": 0, "request_rate": "inf", "seed": 0}}
            -> `llmctl bench --url URL --model NAME --requests 24 --input-len 32:128 ... --json OUT`
+           A workload with "lengths": [[input, output], ...] (one pair per request, from recorded traffic)
+           adds `--workload FILE`, a JSON file {"lengths": ...} written beside OUT: too long for a command line.
     eval:  {"model": NAME, "engine_config": {...}, "reference_model": NAME, "reference_engine_config": {...},
             "max_tokens": 2048, "mc_limit": 60, "context_len": 512}
            -> `llmctl eval NAME --engine-config JSON --reference-model NAME ... --json OUT`
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmctl.agent.bench import parse_lengths
 from llmctl.agent.replicas import _log_tail, _pdeath_preexec, _signal_group
 
 logger = logging.getLogger("llmctl.agent.measurement")
@@ -111,7 +114,8 @@ def bench_argv(args: Any) -> list[str]:
     url, model = _text(args, "url", "a bench"), _text(args, "model", "a bench")
     if not url.startswith(("http://", "https://")):
         raise BadMeasurement(f"bench url must start with http:// or https://, got {url!r}")
-    workload = _check_keys(args.get("workload", {}), ("request_rate", *WORKLOAD_FLAGS, *RANGES), "workload")
+    workload = _check_keys(args.get("workload", {}), ("request_rate", "lengths", *WORKLOAD_FLAGS, *RANGES),
+                           "workload")
     argv = ["bench", "--url", url, "--model", model]
     for key, (flag, minimum) in WORKLOAD_FLAGS.items():
         if key in workload:
@@ -121,7 +125,22 @@ def bench_argv(args: Any) -> list[str]:
             argv += [flag, _range(workload[key], f"workload.{key}")]
     if "request_rate" in workload:
         argv += ["--request-rate", _rate(workload["request_rate"])]
+    if "lengths" in workload:
+        _lengths(workload["lengths"])
     return argv
+
+
+def _lengths(value: Any) -> None:
+    try:
+        parse_lengths(value)
+    except ValueError as exc:
+        raise BadMeasurement(str(exc).replace("workload lengths", "workload.lengths")) from None
+
+
+def measurement_files(kind: str, args: Any) -> dict[str, Any]:
+    """JSON inputs a measurement's command reads from files, by flag (after measurement_argv accepted args)."""
+    workload = (args.get("workload") or {}) if kind == "bench" else {}
+    return {"--workload": {"lengths": workload["lengths"]}} if "lengths" in workload else {}
 
 
 def eval_argv(args: Any) -> list[str]:
@@ -157,6 +176,8 @@ class _Job:
     kind: str
     argv: list[str]
     timeout_s: float
+    files: dict[str, Any]
+    """flag -> JSON object written to a file in the work dir, whose path follows the flag."""
     cancelled: bool = False
 
 
@@ -202,12 +223,13 @@ class MeasurementRunner:
                     return
                 try:
                     argv = measurement_argv(kind, args)
+                    files = measurement_files(kind, args)
                 except BadMeasurement as exc:
                     answer = self._remember(MeasurementOutcome(measurement_id, False, error=str(exc)))
                 else:
                     usable = isinstance(timeout_s, int | float) and timeout_s > 0
                     timeout_s = timeout_s if usable else self._default_timeout_s
-                    self._queue.append(_Job(measurement_id, kind, argv, timeout_s))
+                    self._queue.append(_Job(measurement_id, kind, argv, timeout_s, files))
                     self._cond.notify_all()
                     return
         self._deliver(answer)
@@ -287,10 +309,17 @@ class MeasurementRunner:
         out = self.work_dir / f"measurement-{job.measurement_id}.json"
         log_path = self.work_dir / f"measurement-{job.measurement_id}.log"
         out.unlink(missing_ok=True)
-        cmd = [*self._command, *job.argv, "--json", str(out)]
+        inputs = []
+        for n, (flag, data) in enumerate(job.files.items()):
+            path = self.work_dir / f"measurement-{job.measurement_id}-input-{n}.json"
+            path.write_text(json.dumps(data))
+            inputs += [flag, str(path)]
+        cmd = [*self._command, *job.argv, *inputs, "--json", str(out)]
         started = time.monotonic()
 
         def failed(error: str) -> MeasurementOutcome:
+            for path in inputs[1::2]:
+                Path(path).unlink(missing_ok=True)
             return MeasurementOutcome(job.measurement_id, False, error=error, wall_s=time.monotonic() - started)
 
         with open(log_path, "wb") as log:
@@ -320,8 +349,8 @@ class MeasurementRunner:
             return failed(f"llmctl {job.kind} wrote no JSON result ({exc}); last lines of its output:\n{tail}")
         if not isinstance(result, dict):
             return failed(f"llmctl {job.kind} wrote {type(result).__name__} JSON, not an object")
-        out.unlink(missing_ok=True)
-        log_path.unlink(missing_ok=True)
+        for path in [out, log_path, *map(Path, inputs[1::2])]:
+            path.unlink(missing_ok=True)
         return MeasurementOutcome(job.measurement_id, True, result=result, wall_s=time.monotonic() - started)
 
     def _wait(self, job: _Job, proc: subprocess.Popen[bytes], deadline: float) -> str | None:

@@ -6,7 +6,16 @@ from __future__ import annotations
 import typer
 
 from llmctl.agent.cli import register_engine_commands
-from llmctl.controlplane.commands import dashboard, deployments, fleet, optimize, processes, quality, tenants
+from llmctl.controlplane.commands import (
+    dashboard,
+    deployments,
+    fleet,
+    optimize,
+    processes,
+    quality,
+    tenants,
+    traffic,
+)
 from llmctl.controlplane.db.cli import db_app
 
 HELP = """llmctl: serve, measure and optimize self-hosted LLM inference.
@@ -32,6 +41,7 @@ fleet.register(app)
 tenants.register(app)
 quality.register(app)
 optimize.register(app)
+traffic.register(app)
 dashboard.register(app)
 app.add_typer(db_app, name="db")
 

@@ -217,6 +217,13 @@ class AdminClient:
         """Stop a run (run_id 0: the running run of `deployment`) and its trial replicas."""
         return self._call("CancelOptimization", pb.CancelOptimizationRequest(id=run_id, deployment=deployment))
 
+    # Traffic
+
+    def get_traffic(self, deployment: str, *, window_s: float = 0.0) -> pb.TrafficSummary:
+        """The shape of the deployment's gateway traffic over the last window_s seconds (0: the last hour) and
+        the synthetic bench workload made from it (workload_json; empty with workload_error when too little)."""
+        return self._call("GetTraffic", pb.GetTrafficRequest(deployment=deployment, window_s=window_s))
+
     # Plumbing
 
     def _call(self, method: str, request: Any) -> Any:

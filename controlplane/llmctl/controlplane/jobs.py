@@ -21,15 +21,18 @@ from llmctl.controlplane.errors import ControlPlaneError
 from llmctl.controlplane.optimizer.runner import Optimizer
 from llmctl.controlplane.reconciler import Reconciler
 from llmctl.controlplane.services import quality as quality_service
+from llmctl.controlplane.services import traffic as traffic_service
 
 logger = logging.getLogger("llmctl.controlplane.jobs")
 
 RECONCILE = "reconcile"
 STALE_NODES = "stale-nodes"
 QUALITY_PURGE = "quality-purge"
+TRAFFIC_PURGE = "traffic-purge"
 OPTIMIZE = "optimize"
 OPTIMIZE_EVERY_S = 2.0
 QUALITY_PURGE_EVERY_S = 600.0
+TRAFFIC_PURGE_EVERY_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,11 @@ class Job:
 
 def control_plane_jobs(reconciler: Reconciler, *, reconcile_interval_s: float, node_timeout_s: float,
                        db: sessionmaker[Session] | None = None, quality_retention_s: float | None = None,
-                       optimizer: Optimizer | None = None) -> list[Job]:
+                       optimizer: Optimizer | None = None, traffic_retention_s: float | None = None) -> list[Job]:
     """The schedule. The stale-node check runs often enough that a dead node is noticed within about a
     fifth of node_timeout_s after its deadline passes. Stored quality samples older than the retention
-    period are purged every QUALITY_PURGE_EVERY_S (or sooner for a shorter retention). The optimizer moves
+    period are purged every QUALITY_PURGE_EVERY_S (or sooner for a shorter retention), recorded traffic
+    likewise every TRAFFIC_PURGE_EVERY_S. The optimizer moves
     its runs forward every OPTIMIZE_EVERY_S, and at once when woken (a measurement came back, a run
     started); it runs on this thread, so it never races the reconciler over trial replicas."""
     jobs = [
@@ -57,6 +61,10 @@ def control_plane_jobs(reconciler: Reconciler, *, reconcile_interval_s: float, n
         retention = quality_retention_s
         jobs.append(Job(QUALITY_PURGE, every_s=min(QUALITY_PURGE_EVERY_S, max(0.2, retention / 4)),
                         run=lambda: purge_quality_samples(db, retention)))
+    if db is not None and traffic_retention_s is not None:
+        kept = traffic_retention_s
+        jobs.append(Job(TRAFFIC_PURGE, every_s=min(TRAFFIC_PURGE_EVERY_S, max(0.2, kept / 4)),
+                        run=lambda: purge_traffic_samples(db, kept)))
     return jobs
 
 
@@ -66,6 +74,15 @@ def purge_quality_samples(db: sessionmaker[Session], retention_s: float) -> int:
         purged = quality_service.purge_expired(session, before=utcnow() - timedelta(seconds=retention_s))
     if purged:
         logger.info("purged %d quality sample(s) older than %gs", purged, retention_s)
+    return purged
+
+
+def purge_traffic_samples(db: sessionmaker[Session], retention_s: float) -> int:
+    """Delete the traffic rows of requests that arrived longer ago than the retention period."""
+    with session_scope(db) as session:
+        purged = traffic_service.purge_expired(session, before=utcnow() - timedelta(seconds=retention_s))
+    if purged:
+        logger.info("purged %d traffic sample(s) older than %gs", purged, retention_s)
     return purged
 
 

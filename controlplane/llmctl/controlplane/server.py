@@ -76,6 +76,8 @@ class ServerConfig:
     """JSON file of GPU prices per hour for the gateway's cost accounting."""
     quality_retention_s: float = 7 * 24 * 3600.0
     """Stored quality samples (prompts and answers) are purged this long after they were sampled."""
+    traffic_retention_s: float = 7 * 24 * 3600.0
+    """Recorded traffic (the shape of each gateway request, no content) is purged this long after it arrived."""
     home: Path | None = None
     """$LLMCTL_HOME override (tests)."""
 
@@ -86,7 +88,7 @@ class ServerConfig:
                 raise InvalidArgument(
                     f"{name} must be a port number 0-65535 (0: any free port), got {port!r}")
         for name in ("node_timeout_s", "rollout_timeout_s", "heartbeat_interval_s", "reconcile_interval_s",
-                     "quality_retention_s"):
+                     "quality_retention_s", "traffic_retention_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise InvalidArgument(f"{name} must be a positive number of seconds, got {value!r}")
@@ -157,7 +159,8 @@ class ControlPlane:
             self.optimizer = Optimizer(db, self.fleet, pricing=pricing, on_change=poke, wake=poke_optimizer)
             jobs = control_plane_jobs(reconciler, reconcile_interval_s=config.reconcile_interval_s,
                                       node_timeout_s=config.node_timeout_s, db=db,
-                                      quality_retention_s=config.quality_retention_s, optimizer=self.optimizer)
+                                      quality_retention_s=config.quality_retention_s, optimizer=self.optimizer,
+                                      traffic_retention_s=config.traffic_retention_s)
             runner = self._jobs = JobRunner(jobs)
 
             self.quality = QualityWorker(db, self.sampler, on_rollback=poke, registry=self.registry)

@@ -31,6 +31,7 @@ from llmctl.controlplane.commands.common import (
     print_table,
 )
 from llmctl.controlplane.commands.render import when
+from llmctl.controlplane.commands.traffic import parse_window
 from llmctl.controlplane.errors import InvalidArgument, Unavailable
 from llmctl.controlplane.optimizer import report as render
 from llmctl.controlplane.optimizer.options import GOALS, OptimizeOptions, check_workload
@@ -42,7 +43,7 @@ OUTAGE_GRACE_S = 120.0
 FLAGS = {
     "goal": "--goal", "max_quality_drop": "--max-quality-drop", "min_gain": "--min-gain",
     "slo_ttft_p95_ms": "--slo-ttft-p95", "slo_tpot_p95_ms": "--slo-tpot-p95", "techniques": "--techniques",
-    "budget_minutes": "--budget-minutes", "repeats": "--repeats",
+    "budget_minutes": "--budget-minutes", "repeats": "--repeats", "traffic_window_minutes": "--traffic-window",
 }
 """OptimizeOptions fields by the flag that sets them, so a refusal names what the operator typed."""
 _COUNT = re.compile(r"(\d+(?:\.\d+)?)([kmbg]?)", re.IGNORECASE)
@@ -100,8 +101,15 @@ def start(
         "--slo-tpot-p95", metavar="MS", help="Reject a candidate whose p95 time per output token exceeds this")] = None,
     workload: Annotated[str | None, typer.Option(
         "--workload", metavar="FILE", help="JSON object of bench workload keys (requests, input_len, output_len, "
-                                           "shared_prefix_len, request_rate, seed); absent keys take defaults",
+                                           "shared_prefix_len, request_rate, seed, lengths); absent keys take "
+                                           "defaults",
         show_default=False)] = None,
+    from_traffic: Annotated[bool, typer.Option(
+        "--from-traffic", help="Measure with a workload made from the deployment's recorded gateway traffic "
+                               "(`llmctl traffic NAME` shows it)")] = False,
+    traffic_window: Annotated[str | None, typer.Option(
+        "--traffic-window", metavar="DURATION", help="With --from-traffic: how far back, as 90s, 60m, 2h "
+                                                     "(default 60m)", show_default=False)] = None,
     techniques: Annotated[str | None, typer.Option(
         "--techniques", metavar="A,B,...", help="Only these techniques, in this order (default: every one that "
                                                 "addresses the bottleneck, in order of effort)")] = None,
@@ -121,6 +129,10 @@ def start(
     Exit 0 when the run succeeded, 1 when it failed or was cancelled. Ctrl-C stops following; the run goes on
     (`llmctl optimize status RUN` looks again)."""
     _check_name(deployment)
+    if from_traffic and workload is not None:
+        fail("give --workload FILE or --from-traffic, not both")
+    if traffic_window is not None and not from_traffic:
+        fail("--traffic-window needs --from-traffic")
     given = {
         "max_quality_drop": None if max_quality_drop is None else parse_fraction("--max-quality-drop",
                                                                                  max_quality_drop),
@@ -129,6 +141,9 @@ def start(
         "techniques": None if techniques is None else tuple(t.strip() for t in techniques.split(",") if t.strip()),
         "advisory": advisory or None, "budget_minutes": budget_minutes, "repeats": repeats,
         "workload": None if workload is None else read_workload(workload),
+        "from_traffic": from_traffic or None,
+        "traffic_window_minutes": None if traffic_window is None else parse_window("--traffic-window",
+                                                                                   traffic_window) / 60,
     }
     options = build_options(goal, {k: v for k, v in given.items() if v is not None})
     payload = {k: v for k, v in options.to_dict().items() if k != "goal"}

@@ -65,13 +65,18 @@ def server(
         float,
         typer.Option("--quality-retention", help="Seconds stored quality samples (prompts, answers) are kept"),
     ] = 7 * 24 * 3600.0,
+    traffic_retention: Annotated[
+        float,
+        typer.Option("--traffic-retention",
+                     help="Seconds recorded traffic (request shapes, no content; `llmctl traffic`) is kept"),
+    ] = 7 * 24 * 3600.0,
 ) -> None:
     """Run the control plane: gRPC for agents and llmctl, the OpenAI-compatible gateway, the reconciler."""
     for flag, port in (("--grpc-port", grpc_port), ("--gateway-port", gateway_port)):
         if not 0 <= port < 65536:
             fail(f"{flag} must be a port between 0 and 65535, got {port}")
     for flag, seconds in (("--node-timeout", node_timeout), ("--rollout-timeout", rollout_timeout),
-                          ("--quality-retention", quality_retention)):
+                          ("--quality-retention", quality_retention), ("--traffic-retention", traffic_retention)):
         if not seconds > 0:
             fail(f"{flag} must be a number of seconds > 0, got {seconds}")
     if price_table is not None and not price_table.is_file():
@@ -91,6 +96,7 @@ def server(
             rollout_timeout_s=rollout_timeout,
             price_table=str(price_table) if price_table else None,
             quality_retention_s=quality_retention,
+            traffic_retention_s=traffic_retention,
         )
         try:
             run_server(config)

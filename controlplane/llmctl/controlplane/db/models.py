@@ -340,6 +340,23 @@ class UsageRecord(Base):
     cost_usd: Mapped[float] = mapped_column(Double)
 
 
+class TrafficSample(Base):
+    """The shape of one answered gateway request, without its content or tenant: when it arrived, its token
+    counts, and about how many of its prompt tokens repeat the start of an earlier prompt (gateway/traffic.py).
+    deployment_name survives the deployment's deletion, like usage rows."""
+
+    __tablename__ = "traffic_samples"
+    __table_args__ = (Index("ix_traffic_samples_deployment_name_arrived_at", "deployment_name", "arrived_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    arrived_at: Mapped[datetime]
+    """When the gateway received the request."""
+    prompt_tokens: Mapped[int]
+    completion_tokens: Mapped[int]
+    shared_prefix_tokens: Mapped[int]
+
+
 class QualitySample(Base):
     """One sampled answer and its scores under the deployment's reference.
 

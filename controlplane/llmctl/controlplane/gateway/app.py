@@ -1,7 +1,8 @@
 """The gateway's HTTP app: OpenAI-compatible routes in front of the ready replicas of every deployment.
 
 Per request: authenticate the tenant's key, check the model is routable, admit it under the tenant's
-limits, proxy it to a replica (see proxy.py), relay the answer, then bill the usage the replica reported.
+limits, proxy it to a replica (see proxy.py), relay the answer, then bill the usage the replica reported
+and record the request's shape (arrival, token counts, shared prefix; see traffic.py) for the optimizer.
 SQL runs in worker threads so the event loop never waits on the database; usage rows are written after
 the answer, and /v1/usage waits for the caller's own pending rows so a tenant always reads its writes.
 """
@@ -12,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -29,6 +31,7 @@ from llmctl.controlplane.gateway.ratelimit import RateLimited, RateLimiter
 from llmctl.controlplane.gateway.routes import RouteTable
 from llmctl.controlplane.gateway.routing import ModelNotFound, Router, prompt_key
 from llmctl.controlplane.gateway.sampling import QualitySampler, parse_json
+from llmctl.controlplane.gateway.traffic import PrefixTracker, prompt_of
 from llmctl.controlplane.gateway.wire import (
     UsageFilter,
     client_wants_usage,
@@ -55,7 +58,8 @@ class Gateway:
             raise InvalidArgument(f"affinity_prefix_chars must be >= 1, got {affinity_prefix_chars}")
         self.routes, self.limiter, self.pricing, self.gpu_of = routes, limiter, pricing, gpu_of
         self.router = Router(routes, load_margin=load_margin)
-        self.store = TenantStore(db_factory, limiter)
+        self.traffic = PrefixTracker()
+        self.store = TenantStore(db_factory, limiter, self.traffic)
         self.metrics = GatewayMetrics(routes, metrics_registry)
         self.affinity_prefix_chars = affinity_prefix_chars
         self.client = client
@@ -64,7 +68,7 @@ class Gateway:
 
     async def handle(self, request: Request, kind: str, path: str) -> Response:
         """Proxy one completion (kind "completion") or chat completion (kind "chat")."""
-        arrived = time.perf_counter()
+        arrived, arrived_at = time.perf_counter(), datetime.fromtimestamp(self.limiter.clock(), UTC)
         label, admission = NO_DEPLOYMENT, None
         try:
             tenant = await self.store.authenticate(request.headers.get("authorization"))
@@ -91,7 +95,8 @@ class Gateway:
             if admission is not None:
                 self.limiter.settle(admission, 0)
             raise
-        bill = Bill(tenant, model, admission, upstream, arrived, estimate_prompt_tokens(kind, body))
+        bill = Bill(tenant, model, admission, upstream, arrived, estimate_prompt_tokens(kind, body), arrived_at,
+                    prompt_of(kind, body))
         sampled = self.sampler is not None and self.sampler.draw(model, tenant.quality_opt_out)
         if upstream.rest is not None:
             def on_end(status: int, seen: UsageFilter) -> None:
@@ -133,7 +138,8 @@ class Gateway:
                                          gpu=self.gpu_of(up.endpoint.replica_id), concurrent=up.concurrent)
         self.metrics.billed(bill.deployment, prompt, completion, cost)
         self.store.record_usage_later(bill.tenant.tenant_id, deployment=bill.deployment, prompt_tokens=prompt,
-                                      completion_tokens=completion, cost_usd=cost)
+                                      completion_tokens=completion, cost_usd=cost, arrived_at=bill.arrived_at,
+                                      prompt=bill.prompt)
 
     def model_card(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": self.created, "owned_by": "llmctl"}

@@ -1,4 +1,5 @@
-"""The gateway's side of the tenant store: API keys, monthly usage for the budget, usage rows.
+"""The gateway's side of the tenant store: API keys, monthly usage for the budget, usage rows (and, beside
+each, a traffic row: the request's shape without its content, see gateway/traffic.py).
 
 All SQL runs in worker threads (asyncio.to_thread), one short transaction each, so a slow database slows
 only the requests that wait on it, never the event loop relaying other tenants' streams. Usage rows are
@@ -21,7 +22,8 @@ from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.errors import InvalidArgument, Unauthenticated, Unavailable
 from llmctl.controlplane.gateway.proxy import Upstream
 from llmctl.controlplane.gateway.ratelimit import Admission, RateLimiter, TenantLimits
-from llmctl.controlplane.services import tenants
+from llmctl.controlplane.gateway.traffic import PrefixTracker, Prompt
+from llmctl.controlplane.services import tenants, traffic
 
 logger = logging.getLogger("llmctl.gateway")
 
@@ -36,6 +38,8 @@ class Bill:
     upstream: Upstream
     arrived: float  # time.perf_counter() when the gateway received the request
     prompt_estimate: int  # prompt tokens billed when the replica never reported usage
+    arrived_at: datetime | None = None  # the same moment on the wall clock, for the traffic row
+    prompt: Prompt | None = None  # what the prefix tracker chunks (text or token ids); never stored
 
 
 def bearer_key(authorization: str | None) -> str:
@@ -49,8 +53,9 @@ def bearer_key(authorization: str | None) -> str:
 class TenantStore:
     """Tenant lookups and usage writes against the control plane's database, off the event loop."""
 
-    def __init__(self, db_factory: Any, limiter: RateLimiter) -> None:
-        self.db_factory, self.limiter = db_factory, limiter
+    def __init__(self, db_factory: Any, limiter: RateLimiter, traffic: PrefixTracker | None = None) -> None:
+        """traffic: with it, each usage row comes with a traffic row (the request's shape) in its transaction."""
+        self.db_factory, self.limiter, self.traffic = db_factory, limiter, traffic
         self._pending: dict[int, set[asyncio.Task[None]]] = {}
 
     def _now(self) -> datetime:
@@ -84,15 +89,25 @@ class TenantStore:
             return limits, used
 
     def record_usage_later(self, tenant_id: int, *, deployment: str, prompt_tokens: int,
-                           completion_tokens: int, cost_usd: float) -> None:
-        """Write one usage row in a worker thread after the response; failures are logged, not raised."""
+                           completion_tokens: int, cost_usd: float, arrived_at: datetime | None = None,
+                           prompt: Prompt | None = None) -> None:
+        """Write one usage row in a worker thread after the response; failures are logged, not raised. With a
+        tracker, the arrival time and the prompt (only hashed, in the worker thread) add a traffic row."""
         at = self._now()
+        tracker = self.traffic if arrived_at is not None and prompt is not None else None
 
         def write() -> None:
+            shared = 0
+            if tracker is not None:
+                shared = tracker.shared_prefix_tokens(deployment, prompt, prompt_tokens)
             with session_scope(self.db_factory) as session:
                 tenants.record_usage(session, tenant_id=tenant_id, deployment_name=deployment,
                                      prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                      cost_usd=cost_usd, at=at)
+                if tracker is not None:
+                    traffic.record(session, deployment_name=deployment, arrived_at=arrived_at,
+                                   prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                   shared_prefix_tokens=shared)
 
         async def run() -> None:
             try:

@@ -17,17 +17,38 @@ DEFAULT_WORKLOAD: dict[str, Any] = {
 }
 """A short, saturating workload: every request arrives at once, so the engine's batching and KV pool decide."""
 
-WORKLOAD_KEYS = frozenset(DEFAULT_WORKLOAD)
+MAX_LENGTHS = 10_000
+WORKLOAD_KEYS = frozenset({*DEFAULT_WORKLOAD, "lengths"})
+"""DEFAULT_WORKLOAD's keys, and the optional "lengths": explicit [input_tokens, output_tokens] per request
+(cycled over the requests; input excludes the shared prefix), as a workload from recorded traffic has."""
+
+
+def _check_lengths(raw: object) -> list[list[int]]:
+    def positive(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if not (isinstance(raw, list | tuple) and 1 <= len(raw) <= MAX_LENGTHS
+            and all(isinstance(p, list | tuple) and len(p) == 2 and positive(p[0]) and positive(p[1]) for p in raw)):
+        shown = raw if not isinstance(raw, list | tuple) or len(raw) <= 4 else [*raw[:3], "..."]
+        raise InvalidArgument(f"workload lengths must be 1 to {MAX_LENGTHS} pairs [input_tokens, output_tokens] of "
+                              f"integers >= 1, got {shown!r}")
+    return [[p[0], p[1]] for p in raw]
 
 
 def check_workload(raw: object) -> dict[str, Any]:
-    """A bench workload spec (the keys of DEFAULT_WORKLOAD; missing ones take its values)."""
+    """A bench workload spec (the keys of DEFAULT_WORKLOAD; missing ones take its values). With "lengths",
+    input_len and output_len become the lengths' smallest and largest, so every reader of the ranges stays
+    right."""
     if not isinstance(raw, dict):
         raise InvalidArgument(f"a workload must be a JSON object with keys {sorted(WORKLOAD_KEYS)}, got {raw!r}")
     unknown = sorted(set(raw) - WORKLOAD_KEYS)
     if unknown:
         raise InvalidArgument(f"unknown workload key(s) {unknown}; known: {sorted(WORKLOAD_KEYS)}")
     spec = {**DEFAULT_WORKLOAD, **raw}
+    if "lengths" in spec:
+        lengths = spec["lengths"] = _check_lengths(spec["lengths"])
+        spec["input_len"] = [min(p[0] for p in lengths), max(p[0] for p in lengths)]
+        spec["output_len"] = [min(p[1] for p in lengths), max(p[1] for p in lengths)]
     requests = spec["requests"]
     if isinstance(requests, bool) or not isinstance(requests, int) or not 1 <= requests <= 10_000:
         raise InvalidArgument(f"workload requests must be an integer in 1..10000, got {requests!r}")
@@ -77,6 +98,11 @@ class OptimizeOptions:
     """Corpus tokens each quality eval scores."""
     eval_mc_limit: int = 60
     """Multiple-choice items each quality eval scores."""
+    from_traffic: bool = False
+    """Measure with a workload made from the deployment's recorded traffic (replaces `workload` when the run
+    starts; the run stores the workload it made)."""
+    traffic_window_minutes: float = 60.0
+    """With from_traffic: how far back the recorded traffic is read."""
 
     def __post_init__(self) -> None:
         if self.goal not in GOALS:
@@ -102,6 +128,12 @@ class OptimizeOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise InvalidArgument(f"{name} must be an integer in {low}..{high}, got {value!r}")
+        if not isinstance(self.from_traffic, bool):
+            raise InvalidArgument(f"from_traffic must be true or false, got {self.from_traffic!r}")
+        window = self.traffic_window_minutes
+        if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window <= 31 * 24 * 60:
+            raise InvalidArgument(f"traffic_window_minutes must be a positive number of minutes up to 31 days, "
+                                  f"got {window!r}")
         object.__setattr__(self, "workload", check_workload(self.workload))
 
     def to_dict(self) -> dict[str, Any]:

@@ -817,3 +817,57 @@ class CancelOptimizationRequest(_message.Message):
     id: int
     deployment: str
     def __init__(self, id: _Optional[int] = ..., deployment: _Optional[str] = ...) -> None: ...
+
+class GetTrafficRequest(_message.Message):
+    __slots__ = ("deployment", "window_s")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    window_s: float
+    def __init__(self, deployment: _Optional[str] = ..., window_s: _Optional[float] = ...) -> None: ...
+
+class TrafficStats(_message.Message):
+    __slots__ = ("mean", "p50", "p95", "max")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    P50_FIELD_NUMBER: _ClassVar[int]
+    P95_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    mean: float
+    p50: float
+    p95: float
+    max: float
+    def __init__(self, mean: _Optional[float] = ..., p50: _Optional[float] = ..., p95: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
+class TrafficSummary(_message.Message):
+    __slots__ = ("deployment", "since", "until", "requests", "first_at", "last_at", "request_rate", "prompt_tokens", "completion_tokens", "shared_prefix_tokens", "interarrival_s", "shared_fraction", "workload_json", "workload_error", "workload_speedup")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RATE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_PREFIX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INTERARRIVAL_S_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_SPEEDUP_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    since: float
+    until: float
+    requests: int
+    first_at: float
+    last_at: float
+    request_rate: float
+    prompt_tokens: TrafficStats
+    completion_tokens: TrafficStats
+    shared_prefix_tokens: TrafficStats
+    interarrival_s: TrafficStats
+    shared_fraction: float
+    workload_json: str
+    workload_error: str
+    workload_speedup: float
+    def __init__(self, deployment: _Optional[str] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., requests: _Optional[int] = ..., first_at: _Optional[float] = ..., last_at: _Optional[float] = ..., request_rate: _Optional[float] = ..., prompt_tokens: _Optional[_Union[TrafficStats, _Mapping]] = ..., completion_tokens: _Optional[_Union[TrafficStats, _Mapping]] = ..., shared_prefix_tokens: _Optional[_Union[TrafficStats, _Mapping]] = ..., interarrival_s: _Optional[_Union[TrafficStats, _Mapping]] = ..., shared_fraction: _Optional[float] = ..., workload_json: _Optional[str] = ..., workload_error: _Optional[str] = ..., workload_speedup: _Optional[float] = ...) -> None: ...

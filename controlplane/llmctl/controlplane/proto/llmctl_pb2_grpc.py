@@ -270,6 +270,11 @@ class AdminServiceStub:
                 request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.CancelOptimizationRequest.SerializeToString,
                 response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.FromString,
                 _registered_method=True)
+        self.GetTraffic = channel.unary_unary(
+                '/llmctl.v1.AdminService/GetTraffic',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetTrafficRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.TrafficSummary.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -426,6 +431,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTraffic(self, request, context):
+        """The shape of a deployment's recent gateway traffic (no content) and the bench workload made from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -543,6 +555,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CancelOptimization,
                     request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.CancelOptimizationRequest.FromString,
                     response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.SerializeToString,
+            ),
+            'GetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTraffic,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetTrafficRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.TrafficSummary.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1167,6 +1184,33 @@ class AdminService:
             '/llmctl.v1.AdminService/CancelOptimization',
             llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.CancelOptimizationRequest.SerializeToString,
             llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.OptimizationRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/GetTraffic',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetTrafficRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.TrafficSummary.FromString,
             options,
             channel_credentials,
             insecure,

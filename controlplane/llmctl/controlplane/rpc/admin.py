@@ -3,10 +3,13 @@ transaction, converts; changes wake the reconciler so they take effect at once, 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +31,7 @@ from llmctl.controlplane.services import nodes as nodes_service
 from llmctl.controlplane.services import optimizer as optimizer_service
 from llmctl.controlplane.services import quality as quality_service
 from llmctl.controlplane.services import tenants as tenants_service
+from llmctl.controlplane.services import traffic as traffic_service
 
 ACTOR = "admin"
 DEFAULT_EVENT_LIMIT = 200
@@ -35,6 +39,7 @@ DEFAULT_SAMPLE_LIMIT = 100
 MAX_SAMPLE_LIMIT = 1000
 TREND_POINTS = 100
 """Latest scored samples per revision whose score difference the dashboard plots."""
+DEFAULT_TRAFFIC_WINDOW_S = 3600.0
 WATCH_POLL_S = 0.25
 """How often WatchEvents looks for new events; an event reaches watchers within about this long."""
 
@@ -161,6 +166,11 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                           context: grpc.ServicerContext) -> pb.OptimizationRun:
         options = OptimizeOptions.from_json(request.goal, request.options_json)
         with session_scope(self._db) as session:
+            if options.from_traffic:  # the run stores, and measures with, the workload made here
+                workload = traffic_service.window_workload(session, name=request.deployment,
+                                                           window_s=options.traffic_window_minutes * 60,
+                                                           seed=options.workload.get("seed", 0))
+                options = dataclasses.replace(options, workload=workload)
             run = optimizer_service.start_run(session, name=request.deployment, options=options, actor=ACTOR)
             response = convert.optimization_run_to_proto(run, optimizer_service.report(run))
         self._on_optimize()
@@ -190,6 +200,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             self._optimizer.cancel_on_agents(stop)
         self._on_change()  # the reconciler stops the trial replicas
         return response
+
+    # -- traffic ------------------------------------------------------------------------------------------
+    def GetTraffic(self, request: pb.GetTrafficRequest, context: grpc.ServicerContext) -> pb.TrafficSummary:
+        now = utcnow()
+        since = traffic_service.window_start(request.window_s or DEFAULT_TRAFFIC_WINDOW_S, now)
+        with session_scope(self._db) as session:
+            found = traffic_service.summary(session, name=request.deployment, since=since, until=now)
+        return _traffic_to_proto(found)
 
     # -- nodes --------------------------------------------------------------------------------------------
     def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> pb.ListNodesResponse:
@@ -276,6 +294,23 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             tenant = tenants_service.get_tenant(session, request.tenant)
             rows = tenants_service.usage_summary(session, tenant_id=tenant.id, since=since)
         return pb.GetUsageResponse(rows=[convert.usage_row_to_proto(row) for row in rows])
+
+
+def _traffic_to_proto(found: dict[str, Any]) -> pb.TrafficSummary:
+    message = pb.TrafficSummary(
+        deployment=found["deployment"], since=found["since"].timestamp(), until=found["until"].timestamp(),
+        requests=found["requests"], workload_error=found["workload_error"] or "",
+        first_at=found["first_at"].timestamp() if found["first_at"] else 0.0,
+        last_at=found["last_at"].timestamp() if found["last_at"] else 0.0,
+        workload_json=json.dumps(found["workload"]) if found["workload"] is not None else "",
+    )
+    for key in ("request_rate", "shared_fraction", "workload_speedup"):
+        if found[key] is not None:
+            setattr(message, key, found[key])
+    for key in ("prompt_tokens", "completion_tokens", "shared_prefix_tokens", "interarrival_s"):
+        if found[key] is not None:
+            getattr(message, key).CopyFrom(pb.TrafficStats(**found[key]))
+    return message
 
 
 def _since(request: pb.GetUsageRequest) -> datetime:
