@@ -1,8 +1,9 @@
 """`llmctl optimize` end to end with real processes and SmolLM2: a deployment whose KV pool is far too small
-for its workload (it preempts) gets a larger pool kept beyond noise, a change that cannot help rejected for
-no gain, 4-bit AWQ rejected for quality with its numbers, and the kept result rolled out as revision 2. The
-control plane is restarted in the middle of the run and carries on. The longer recorded run (3 repeats) is
-benchmarks/bench_optimize.py; its report is in docs/optimizer.md."""
+for its workload (it preempts) gets a larger pool kept beyond noise, int8 KV (within 2% on quality, but the
+larger pool already holds everything) rejected for no gain, int8 weights and 4-bit AWQ rejected for quality
+with their numbers, and the kept result rolled out as revision 2. The
+control plane is restarted in the middle of the run and carries on. The recorded run (the bottleneck picks
+the techniques, 3 repeats) is benchmarks/bench_optimize.py; its report is in docs/optimizer.md."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def test_optimize_keeps_a_real_gain_rejects_awq_for_quality_and_rolls_out_the_re
     wait_until("revision 2 serves", lambda: [r["revision"] for r in fleet.serving() if r["state"] == "READY"]
                == [2], 300)
     wait_until("trial replicas stopped", lambda: not fleet.trial_replicas(), 120)
-    assert all(r["id"] not in serving_before for r in fleet.serving())
+    wait_until("revision 1's replica gone", lambda: not {r["id"] for r in fleet.serving()} & set(serving_before), 120)
     revisions = fleet.cli.json("revisions", "chat")["revisions"]
     assert [(r["number"], r["created_by"]) for r in revisions] == [(1, "admin"), (2, "optimizer")]
     table = fleet.cli("optimize", "report", str(run_id), "--format", "markdown")

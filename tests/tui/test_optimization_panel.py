@@ -18,7 +18,7 @@ from llmctl.tui.screens.deployment import DeploymentScreen
 from llmctl.tui.widgets.deployments_table import DeploymentsTable
 from llmctl.tui.widgets.keyed_table import plain
 from llmctl.tui.widgets.optimization_panel import OptimizationPanel, StepsTable
-from tests.controlplane.test_server_optimizer import optimizing_fleet, start
+from tests.controlplane.optimizer_fleet import optimizing_fleet, start
 from tests.tui.conftest import SIZE, screen_text, until
 
 pytestmark = pytest.mark.anyio

@@ -47,6 +47,7 @@ from llmctl.controlplane.errors import InvalidArgument
 from llmctl.controlplane.fleet import Fleet
 from llmctl.controlplane.gateway.pricing import PriceTable
 from llmctl.controlplane.optimizer import judge
+from llmctl.controlplane.optimizer.metrics import bench_metrics, goal_metric, mean_metrics
 from llmctl.controlplane.optimizer.options import OptimizeOptions
 from llmctl.controlplane.optimizer.techniques import Context, find_bottleneck, plan_techniques, technique
 from llmctl.controlplane.proto import llmctl_pb2 as pb
@@ -323,8 +324,12 @@ class Optimizer:
             reference = quality_service.reference_revision(deployment) or get_revision(
                 session, deployment.name, run.baseline_revision)
             model = get_revision(session, deployment.name, run.baseline_revision).model
-            args = {"model": model, "engine_config": step.engine_config, "reference_model": reference.model,
-                    "reference_engine_config": reference.engine_config, "max_tokens": options.eval_max_tokens,
+            # Scores do not depend on the thread count, so the eval uses every core of the node (a replica
+            # config may pin one thread so that replicas sharing a CPU node do not thrash).
+            args = {"model": model, "engine_config": {**step.engine_config, "num_threads": None},
+                    "reference_model": reference.model,
+                    "reference_engine_config": {**reference.engine_config, "num_threads": None},
+                    "max_tokens": options.eval_max_tokens,
                     "mc_limit": options.eval_mc_limit, "context_len": EVAL_CONTEXT_LEN}
             self._new_measurement(session, run, step, "eval", "", 0, None, args, EVAL_TIMEOUT_S, acts)
             run.summary = f"step {step.number} ({step.technique}): quality eval against revision {reference.number}"
@@ -446,9 +451,10 @@ class Optimizer:
         if mine:
             replica = mine[0]
             return replica if replica.state == ReplicaState.READY and replica.url else None
+        # Given up by the reconciler after max_failed_starts (not stopped by this run, nor lost with a node).
         failures = session.scalars(select(Replica).where(
             Replica.optimization_run_id == run.id, Replica.state == ReplicaState.STOPPED,
-            Replica.error.is_not(None))).all()
+            Replica.error.like("gave up%"))).all()
         failed = [r for r in failures if r.engine_config == config]
         if len(failed) >= MAX_TRIAL_FAILURES:
             raise StepFailed(f"its trial replica failed to start {len(failed)} times: {failed[-1].error}")
@@ -483,49 +489,7 @@ class Optimizer:
         acts.send.append(m.id)
 
 
-# ---- pure helpers -----------------------------------------------------------------------------------
-
-
-def bench_metrics(result: dict[str, Any] | None, price_per_hour: float | None) -> dict[str, Any]:
-    """One `llmctl bench --url` result -> the numbers the report and the judge use."""
-    assert result is not None
-    run = result["runs"][0]
-    server = run.get("server") or {}
-    tps = run["output_tokens_per_s"]
-    weights, kv = server.get("model_bytes"), server.get("kv_cache_bytes")
-    return {
-        "throughput_tok_s": tps,
-        "ttft_p50_ms": run["ttft_ms"]["p50"], "ttft_p95_ms": run["ttft_ms"]["p95"],
-        "tpot_p50_ms": run["tpot_ms"]["p50"], "tpot_p95_ms": run["tpot_ms"]["p95"],
-        "itl_p95_ms": run["itl_ms"]["p95"],
-        "preemptions": server.get("num_preemptions"),
-        "weights_bytes": weights, "linear_weight_bytes": server.get("linear_weight_bytes"),
-        "kv_bytes": kv, "kv_blocks_total": server.get("kv_blocks_total"),
-        "peak_kv_usage": server.get("peak_kv_usage"),
-        "memory_bytes": weights + kv if weights is not None and kv is not None else None,
-        "cost_per_1m_usd": (price_per_hour / (tps * 3600.0) * 1e6) if price_per_hour is not None and tps > 0
-        else None,
-    }
-
-
-def mean_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = {k for row in rows for k in row}
-    out: dict[str, Any] = {}
-    for key in sorted(keys):
-        values = [row[key] for row in rows if isinstance(row.get(key), int | float)]
-        out[key] = statistics.fmean(values) if values else None
-    return out
-
-
-def goal_metric(goal: str, bottleneck: str) -> tuple[str, bool]:
-    """(metric key, higher is better) that a goal is judged on."""
-    if goal == "throughput":
-        return "throughput_tok_s", True
-    if goal == "cost":
-        return "cost_per_1m_usd", False
-    if goal == "memory":
-        return "memory_bytes", False
-    return ("ttft_p95_ms" if bottleneck in ("prefill", "queueing") else "tpot_p95_ms"), False
+# ---- helpers --------------------------------------------------------------------------------------
 
 
 def _best(run: OptimizationRun) -> OptimizationStep:

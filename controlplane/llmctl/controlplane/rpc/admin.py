@@ -4,12 +4,10 @@ transaction, converts; changes wake the reconciler so they take effect at once, 
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import grpc
 from sqlalchemy.orm import Session, sessionmaker
@@ -207,7 +205,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         since = traffic_service.window_start(request.window_s or DEFAULT_TRAFFIC_WINDOW_S, now)
         with session_scope(self._db) as session:
             found = traffic_service.summary(session, name=request.deployment, since=since, until=now)
-        return _traffic_to_proto(found)
+        return convert.traffic_to_proto(found)
 
     # -- nodes --------------------------------------------------------------------------------------------
     def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> pb.ListNodesResponse:
@@ -294,23 +292,6 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             tenant = tenants_service.get_tenant(session, request.tenant)
             rows = tenants_service.usage_summary(session, tenant_id=tenant.id, since=since)
         return pb.GetUsageResponse(rows=[convert.usage_row_to_proto(row) for row in rows])
-
-
-def _traffic_to_proto(found: dict[str, Any]) -> pb.TrafficSummary:
-    message = pb.TrafficSummary(
-        deployment=found["deployment"], since=found["since"].timestamp(), until=found["until"].timestamp(),
-        requests=found["requests"], workload_error=found["workload_error"] or "",
-        first_at=found["first_at"].timestamp() if found["first_at"] else 0.0,
-        last_at=found["last_at"].timestamp() if found["last_at"] else 0.0,
-        workload_json=json.dumps(found["workload"]) if found["workload"] is not None else "",
-    )
-    for key in ("request_rate", "shared_fraction", "workload_speedup"):
-        if found[key] is not None:
-            setattr(message, key, found[key])
-    for key in ("prompt_tokens", "completion_tokens", "shared_prefix_tokens", "interarrival_s"):
-        if found[key] is not None:
-            getattr(message, key).CopyFrom(pb.TrafficStats(**found[key]))
-    return message
 
 
 def _since(request: pb.GetUsageRequest) -> datetime:

@@ -269,3 +269,21 @@ def optimization_run_to_proto(run: OptimizationRun, report: dict[str, Any] | Non
         created_at=run.created_at.timestamp(), finished_at=run.finished_at.timestamp() if run.finished_at else 0.0,
         summary=run.summary, report_json=json.dumps(report) if report is not None else "",
     )
+
+
+def traffic_to_proto(found: dict[str, Any]) -> pb.TrafficSummary:
+    """A traffic summary (services.traffic.summary); a statistic with no data stays unset."""
+    message = pb.TrafficSummary(
+        deployment=found["deployment"], since=found["since"].timestamp(), until=found["until"].timestamp(),
+        requests=found["requests"], workload_error=found["workload_error"] or "",
+        first_at=found["first_at"].timestamp() if found["first_at"] else 0.0,
+        last_at=found["last_at"].timestamp() if found["last_at"] else 0.0,
+        workload_json=json.dumps(found["workload"]) if found["workload"] is not None else "",
+    )
+    for key in ("request_rate", "shared_fraction", "workload_speedup"):
+        if found[key] is not None:
+            setattr(message, key, found[key])
+    for key in ("prompt_tokens", "completion_tokens", "shared_prefix_tokens", "interarrival_s"):
+        if found[key] is not None:
+            getattr(message, key).CopyFrom(pb.TrafficStats(**found[key]))
+    return message
