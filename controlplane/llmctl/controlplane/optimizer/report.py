@@ -85,7 +85,9 @@ def header_lines(report: dict[str, Any], now: float | None = None) -> list[str]:
     lines = [
         f"optimization run {report.get('id', '?')} of {report.get('deployment', '?')}: "
         f"{report.get('state', '?')}, goal {report.get('goal', '?')}",
-        f"workload: {workload_text(report.get('workload'))}",
+        f"workload: {workload_text(report.get('workload'))}"
+        + (f" (from the last {options.get('traffic_window_minutes', 60):g} minutes of traffic)"
+           if options.get("from_traffic") else ""),
         f"rules: {options_text(options)}",
     ]
     price = report.get("price_per_hour")
