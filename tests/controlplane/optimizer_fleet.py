@@ -53,8 +53,10 @@ class FleetAgent:
     """A scripted agent that acts on every command at once: serves trial replicas, answers measurements."""
 
     def __init__(self, plane: Any, name: str = "a", *, max_replicas: int = 4, hold: bool = False,
-                 broken_kv_dtype: str | None = None) -> None:
+                 broken_kv_dtype: str | None = None, failing_benches: int = 0) -> None:
         self.broken_kv_dtype = broken_kv_dtype
+        self.failing_benches = failing_benches
+        """The first this many benches fail (-1: every one), as when a bench child dies or its replica does."""
         """Replicas with this KV cache dtype crash on start (reported FAILED, as after their third try)."""
         self.configs: dict[int, dict[str, Any]] = {}
         self.stopped: list[int] = []
@@ -98,6 +100,13 @@ class FleetAgent:
 
     def answer(self, run: pb.RunMeasurement) -> None:
         args = json.loads(run.args_json)
+        if run.kind == "bench" and self.failing_benches:
+            self.failing_benches -= 1
+            self.measured.append(run.measurement_id)
+            self.agent.send(pb.AgentMessage(measurement_result=pb.MeasurementResult(
+                measurement_id=run.measurement_id, ok=False, wall_s=0.5,
+                error="llmctl bench exited with code 2; last lines of its output:\nerror: connection refused")))
+            return
         if run.kind == "bench":
             replica_id = int(args["url"].rsplit(":", 1)[1]) - 9000
             result = bench_result(self.configs[replica_id], self.rng)

@@ -219,3 +219,30 @@ def test_a_candidate_whose_replica_cannot_start_fails_its_step_and_the_run_goes_
         assert len(broken) == 2
         wait_for(lambda: not [r for r in admin.GetDeployment(pb.GetDeploymentRequest(name="chat")).replicas
                               if r.role == "trial"], what="trial replicas stopped")
+
+
+def test_a_run_whose_baseline_cannot_be_measured_fails_and_stops_its_trial_replica(tmp_path: Path) -> None:
+    with optimizing_fleet(tmp_path, failing_benches=-1) as (_, admin, fleet):
+        report = finished(admin, start(admin).id)
+        assert report["state"] == "failed"
+        # One failed bench is taken again; the second failure is the verdict.
+        assert report["error"].startswith("the baseline could not be measured: bench ")
+        assert "failed 2 times" in report["error"]
+        assert "connection refused" in report["error"]
+        assert [s["state"] for s in report["steps"]] == ["failed"]
+        wait_for(lambda: not [r for r in admin.GetDeployment(pb.GetDeploymentRequest(name="chat")).replicas
+                              if r.role == "trial"], what="the trial replica stopped")
+        trial = [rid for rid in fleet.configs if rid in fleet.stopped]
+        assert trial, "the agent was told to stop the trial replica"
+        assert [r.number for r in admin.ListRevisions(pb.ListRevisionsRequest(name="chat")).revisions] == [1]
+        assert [e.kind for e in admin.events("optimize.failed", deployment="chat")] == ["optimize.failed"]
+
+
+def test_a_bench_that_fails_once_is_taken_again_and_the_run_goes_on(tmp_path: Path) -> None:
+    with optimizing_fleet(tmp_path, failing_benches=1) as (_, admin, _fleet):
+        report = finished(admin, start(admin, techniques=["kv-cache-size"]).id)
+        assert report["state"] == "succeeded", report["summary"]
+        baseline = report["steps"][0]["measurements"]
+        assert [m["state"] for m in baseline] == ["failed", "done", "done"]
+        assert "connection refused" in baseline[0]["error"]
+        assert report["steps"][1]["state"] == "kept"

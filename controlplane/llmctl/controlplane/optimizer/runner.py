@@ -63,6 +63,8 @@ BENCH_TIMEOUT_S = 900.0
 EVAL_TIMEOUT_S = 1800.0
 RESULT_GRACE_S = 120.0
 """A measurement not answered this long after its timeout is given up (the agent may have lost it)."""
+MAX_RETRIES = 1
+"""A failed measurement is taken again this many times before its step fails (one bad child is not a verdict)."""
 MAX_TRIAL_FAILURES = 2
 """A configuration whose trial replica failed permanently this often is given up."""
 MAX_ACTIONS_PER_TICK = 32
@@ -319,7 +321,9 @@ class Optimizer:
         """The candidate against the deployment's quality reference, before any speed measurement: a
         configuration that loses quality is rejected without spending minutes benchmarking it."""
         evals = [m for m in step.measurements if m.kind == "eval"]
-        if not evals:
+        if self._waiting(step, acts):
+            return False
+        if not evals or evals[-1].state == MeasurementState.FAILED:
             deployment = run.deployment
             reference = quality_service.reference_revision(deployment) or get_revision(
                 session, deployment.name, run.baseline_revision)
@@ -334,11 +338,8 @@ class Optimizer:
             self._new_measurement(session, run, step, "eval", "", 0, None, args, EVAL_TIMEOUT_S, acts)
             run.summary = f"step {step.number} ({step.technique}): quality eval against revision {reference.number}"
             return False
-        if self._waiting(step, acts):
-            return False
         last = evals[-1]
-        if last.state != MeasurementState.DONE or last.result is None:
-            raise StepFailed(f"the quality eval failed: {last.error}")
+        assert last.state == MeasurementState.DONE and last.result is not None
         step.quality = judge.quality_drops(last.result["candidate"], last.result["reference"])
         candidate = last.result["candidate"]
         step.metrics = {"linear_weight_bytes": candidate.get("linear_weight_bytes"),
@@ -423,18 +424,24 @@ class Optimizer:
         return [m for m in step.measurements if m.kind == "bench" and m.state == MeasurementState.DONE]
 
     def _waiting(self, step: OptimizationStep, acts: _Acts) -> bool:
-        """Whether a measurement of the step is still out; fails the step on a failed or lost one."""
+        """Whether a measurement of the step is still out. A failed or lost measurement is taken again once
+        (its retry takes the same place in the sequence); a second failure of the same kind fails the step."""
         for m in step.measurements:
-            if m.state == MeasurementState.FAILED and m.kind == "bench":
-                raise StepFailed(f"bench {m.id} ({_arm_name(m.arm)}) failed: {m.error}")
             if m.state != MeasurementState.PENDING:
                 continue
             if utcnow() - m.created_at > timedelta(seconds=m.timeout_s + RESULT_GRACE_S):
-                m.state, m.error, m.finished_at = MeasurementState.FAILED, "no result from the agent in time", utcnow()
+                m.state, m.finished_at = MeasurementState.FAILED, utcnow()
+                m.error = f"no result from the agent within {m.timeout_s + RESULT_GRACE_S:g}s"
                 acts.cancel.append((m.node_name, m.id))
-                raise StepFailed(f"measurement {m.id} got no result within {m.timeout_s + RESULT_GRACE_S:g}s")
+                break
             acts.send.append(m.id)  # (again) if its agent has not got it on its current stream
             return True
+        for kind in ("bench", "eval"):
+            failed = [m for m in step.measurements if m.kind == kind and m.state == MeasurementState.FAILED]
+            if len(failed) > MAX_RETRIES:
+                last = failed[-1]
+                what = f"bench {last.id} ({_arm_name(last.arm)})" if kind == "bench" else "the quality eval"
+                raise StepFailed(f"{what} failed {len(failed)} times; last: {last.error}")
         return False
 
     def _trials(self, session: Session, run: OptimizationRun) -> list[Replica]:
