@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from llmctl.controlplane.errors import (
     AlreadyExists,
@@ -174,3 +175,16 @@ def print_table(title: str | None, columns: list[str], rows: list[list[Any]]) ->
         # Text, not markup: an error or event message may hold brackets rich would read as style tags.
         table.add_row(*(Text("-" if cell is None else str(cell)) for cell in row))
     out.print(table)
+
+
+def default_command_group(default: str) -> type[TyperGroup]:
+    """A command group in which `llmctl GROUP NAME ...` means `llmctl GROUP <default> NAME ...` unless NAME is
+    one of its subcommands (or an option), as `llmctl quality NAME` and `llmctl optimize NAME` do."""
+
+    class DefaultCommandGroup(TyperGroup):
+        def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+            if args and args[0] not in self.commands and not args[0].startswith("-"):
+                args = [default, *args]
+            return super().parse_args(ctx, args)
+
+    return DefaultCommandGroup

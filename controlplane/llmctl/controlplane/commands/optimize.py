@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from llmctl.controlplane.commands.common import (
     EXIT_SYSTEM,
@@ -26,6 +25,7 @@ from llmctl.controlplane.commands.common import (
     OutputOpt,
     admin_client,
     console,
+    default_command_group,
     fail,
     print_json,
     print_table,
@@ -50,17 +50,8 @@ _COUNT = re.compile(r"(\d+(?:\.\d+)?)([kmbg]?)", re.IGNORECASE)
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
 
 
-class _StartByDefault(TyperGroup):
-    """`llmctl optimize NAME ...` means `llmctl optimize start NAME ...`; the other words are subcommands."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = [START, *args]
-        return super().parse_args(ctx, args)
-
-
 optimize_app = typer.Typer(
-    cls=_StartByDefault,
+    cls=default_command_group(START),
     help="Tune a deployment's engine config for a goal: measure a baseline, try one technique at a time on "
          "trial replicas, keep what gains beyond noise within the quality budget. "
          "`llmctl optimize NAME --goal throughput` starts a run (a deployment named like a subcommand: "

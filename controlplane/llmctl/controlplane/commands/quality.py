@@ -7,7 +7,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from llmctl.controlplane.commands.common import (
     AdminTokenOpt,
@@ -15,6 +14,7 @@ from llmctl.controlplane.commands.common import (
     Output,
     OutputOpt,
     admin_client,
+    default_command_group,
     print_json,
     print_table,
 )
@@ -23,17 +23,8 @@ from llmctl.controlplane.commands.render import number, quality_policy_dict, qua
 SHOW = "show"
 
 
-class _ShowByDefault(TyperGroup):
-    """`llmctl quality NAME` means `llmctl quality show NAME`; the other words are subcommands."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = [SHOW, *args]
-        return super().parse_args(ctx, args)
-
-
 quality_app = typer.Typer(
-    cls=_ShowByDefault,
+    cls=default_command_group(SHOW),
     help="Quality sampling: production answers scored against a reference revision. "
          "`llmctl quality NAME` shows the per-revision report.",
     no_args_is_help=True,
