@@ -16,7 +16,7 @@ from benchmarks.quality_calibration import build_prompts
 from tests.e2e.conftest import Processes
 from tests.e2e.quality_protocol import Phase, QualityFleet, run_phase, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.protocol]
 
 PRIVATE_PROMPT = "My account number is 4417-1234; what should I do?"
 

@@ -109,21 +109,23 @@ def test_bfloat16_logits_match_transformers_bfloat16(smollm2_path, hf_fp32):
     engine, generated, logits = run_engine(smollm2_path, "bfloat16")
     assert engine.info.dtype == "bfloat16"
     hf_bf16 = load_hf(smollm2_path, torch.bfloat16)
-    vs_hf_bf16, first_vs_hf_bf16, ours_vs_fp32, theirs_vs_fp32 = [], [], [], []
+    vs_hf_bf16, first_vs_fp32, ours_vs_fp32, theirs_vs_fp32 = [], [], [], []
     for prompt, ours, rows in zip(PROMPTS, generated, logits, strict=True):
         ids = engine.tokenizer.encode(prompt)
         theirs = teacher_forced(hf_bf16, ids, ours)
         exact = teacher_forced(hf_fp32, ids, ours)
         errors = relative_errors(rows, theirs)
         vs_hf_bf16.append(errors.max().item())
-        first_vs_hf_bf16.append(errors[0].item())
+        first_vs_fp32.append(relative_errors(rows, exact)[0].item())
         ours_vs_fp32.append(relative_errors(rows, exact).max().item())
         theirs_vs_fp32.append(relative_errors(theirs, exact).max().item())
     # bf16 keeps 8 mantissa bits, and rounding differences compound over 30 layers. Measured here:
     # transformers' own bf16 logits are up to ~9.5% (relative norm) from float32 over these 256
-    # positions; ours are up to ~10% from transformers' bf16, and up to 4-6% at the first generated
-    # position (which moves by ~1.5% with the length transformers' bf16 forward runs over). The bounds
-    # sit a bit above that, and ours must be about as close to float32 as transformers' bf16 is.
-    assert max(first_vs_hf_bf16) <= 0.08, first_vs_hf_bf16
+    # positions; ours are up to ~10% from transformers' bf16. At the first generated position (one forward
+    # over the prompt, nothing compounded yet) ours stay within 6% of float32. That is checked against float32,
+    # not against transformers' bf16: on an AVX2-only CPU (no oneDNN bf16 path) transformers' own bf16 logits
+    # were 15.5% from float32 there on one prompt while ours were 5.8%. The bounds sit a bit above these, and
+    # ours must be about as close to float32 as transformers' bf16 is.
+    assert max(first_vs_fp32) <= 0.08, first_vs_fp32
     assert max(vs_hf_bf16) <= 0.15, vs_hf_bf16
     assert max(ours_vs_fp32) <= 1.25 * max(theirs_vs_fp32), (ours_vs_fp32, theirs_vs_fp32)

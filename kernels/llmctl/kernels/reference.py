@@ -251,14 +251,32 @@ def _prefill_one(
 
 def prepack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
     """Weights in the layout the matmul reads fastest. On CPU in bf16/fp16 that is oneDNN's blocked
-    layout: the same values, 1.3-1.7x faster small-batch matmuls than F.linear's per-call reorder."""
+    layout: the same values, 1.3-1.7x faster small-batch matmuls than F.linear's per-call reorder. oneDNN has
+    that layout only on CPUs with AVX512 (bw, vl, dq) or AVX-NE-CONVERT; elsewhere (an AVX2-only EPYC) the
+    weight stays as it is and F.linear serves it."""
     if (
         weight.device.type == "cpu"
-        and weight.dtype in (torch.bfloat16, torch.float16)
+        and weight.dtype in _ONEDNN_PACKED_DTYPES
         and torch.backends.mkldnn.is_available()
+        and _onednn_packs(weight.dtype)
     ):
         return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 32)
     return weight
+
+
+_ONEDNN_PACKED_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether this CPU has oneDNN's fast path for `dtype` (asked once per process)."""
+    if dtype not in _ONEDNN_SUPPORT:
+        check = (torch.ops.mkldnn._is_mkldnn_bf16_supported if dtype == torch.bfloat16
+                 else torch.ops.mkldnn._is_mkldnn_fp16_supported)
+        _ONEDNN_SUPPORT[dtype] = bool(check())
+    return _ONEDNN_SUPPORT[dtype]
+
+
+_ONEDNN_SUPPORT: dict[torch.dtype, bool] = {}
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
