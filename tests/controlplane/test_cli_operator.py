@@ -234,4 +234,4 @@ def test_events_follow_prints_new_events_as_json_lines(control_plane: ControlPla
         assert set(first) == {"id", "at", "kind", "deployment", "node", "actor", "message", "details"}
     finally:
         follower.send_signal(signal.SIGINT)
-        assert follower.wait(10) == 0, follower.stderr.read() if follower.stderr else ""
+        assert follower.wait(30) == 0, follower.stderr.read() if follower.stderr else ""
