@@ -204,6 +204,13 @@ def test_tenant_key_is_printed_once_and_works_against_the_gateway(control_plane:
     assert code == 2 and "tenant 'nobody' not found" in output
 
 
+def _interruptible() -> None:
+    """The follower gets Ctrl-C as from a terminal: a child inherits an ignored or blocked SIGINT from its parent,
+    and in the full suite the follower once ignored the SIGINT below (it passed alone)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_events_follow_prints_new_events_as_json_lines(control_plane: ControlPlane, tmp_path: Path) -> None:
     cp = control_plane
     follower = subprocess.Popen(
@@ -224,6 +231,7 @@ def test_events_follow_prints_new_events_as_json_lines(control_plane: ControlPla
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "LLMCTL_HOME": str(tmp_path)},
+        preexec_fn=_interruptible,
     )
     try:
         time.sleep(2.0)  # subscribed by now: the deploy below happens while it follows
