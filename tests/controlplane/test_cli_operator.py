@@ -242,4 +242,6 @@ def test_events_follow_prints_new_events_as_json_lines(control_plane: ControlPla
         assert set(first) == {"id", "at", "kind", "deployment", "node", "actor", "message", "details"}
     finally:
         follower.send_signal(signal.SIGINT)
-        assert follower.wait(30) == 0, follower.stderr.read() if follower.stderr else ""
+        # communicate, not wait: a follower blocked writing to a full pipe could never exit.
+        _, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0, err
