@@ -8,7 +8,6 @@ docs/optimizer.md).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +81,3 @@ class OptimizeFleet:
     def serving(self) -> list[dict[str, Any]]:
         replicas = (self.cli.try_json("status", "chat") or {}).get("replicas", [])
         return [r for r in replicas if r["role"] == "serve"]
-
-
-def run_started(started: float) -> float:
-    return time.monotonic() - started

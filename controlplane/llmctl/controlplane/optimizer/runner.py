@@ -381,7 +381,7 @@ class Optimizer:
         if not kept:
             summary = "nothing kept: no technique gained beyond noise within the quality limit"
         elif options.advisory:
-            summary = f"advisory: recommends {names} ({_describe(_changes(run, best))}); no revision created"
+            summary = f"advisory: recommends {names} ({_describe(_changes(run))}); no revision created"
         elif deployment.current_revision is None or deployment.current_revision.number != run.baseline_revision:
             now = deployment.current_revision.number if deployment.current_revision else None
             summary = (f"kept {names}, but {deployment.name} moved from revision {run.baseline_revision} to {now} "
@@ -503,7 +503,7 @@ def _best(run: OptimizationRun) -> OptimizationStep:
     return [s for s in run.steps if s.state == StepState.KEPT][-1]
 
 
-def _changes(run: OptimizationRun, best: OptimizationStep) -> dict[str, Any]:
+def _changes(run: OptimizationRun) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for s in run.steps:
         if s.number > 0 and s.state == StepState.KEPT:

@@ -13,7 +13,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from llmctl.controlplane.db.models import (
-    Deployment,
     Measurement,
     MeasurementState,
     OptimizationRun,
@@ -195,7 +194,3 @@ def _step_dict(step: OptimizationStep) -> dict[str, Any]:
             "replica_id": m.replica_id, "wall_s": m.wall_s, "result": m.result, "error": m.error,
         } for m in step.measurements],
     }
-
-
-def deployment_of(session: Session, run: OptimizationRun) -> Deployment:
-    return session.get(Deployment, run.deployment_id)  # type: ignore[return-value]
