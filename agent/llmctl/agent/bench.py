@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BASELINES = ("hf-sequential", "hf-static")
+BASELINES = ("hf-sequential", "hf-static", "vllm")
+HF_BASELINES = ("hf-sequential", "hf-static")
 
 
 def parse_range(flag: str, text: str) -> tuple[int, int]:
@@ -291,8 +292,14 @@ class BenchReport:
 
     def to_dict(self) -> dict[str, Any]:
         o = self.options
+        runs = [run.summary(self.workload) for run in self.runs]
+        # Ratios are against the first baseline that ran (the first run when none did).
+        reference = next((r for r in runs if r["name"] in BASELINES), runs[0]) if runs else None
+        for r in runs:
+            r["x_reference"] = r["output_tokens_per_s"] / max(reference["output_tokens_per_s"], 1e-9)
         return {
-            "runs": [run.summary(self.workload) for run in self.runs],
+            "reference": reference["name"] if reference else None,
+            "runs": runs,
             "workload": {
                 "model": self.model,
                 "num_requests": o.requests,
@@ -549,7 +556,7 @@ def run_bench(options: BenchOptions, config=None, console=None) -> BenchReport:
             task = progress.add_task(name, total=len(workload))
             return lambda: progress.advance(task)
 
-        if options.baselines:
+        if any(b in HF_BASELINES for b in options.baselines):
             from llmctl.agent.bench_hf import run_baselines
             from llmctl.agent.engine.threads import run_in_fresh_thread
 
@@ -566,6 +573,10 @@ def run_bench(options: BenchOptions, config=None, console=None) -> BenchReport:
             for name, cfg in variants:
                 runs.append(asyncio.run(run_engine_target(name, cfg, workload, warmup, advancer(name))))
                 free_memory()
+        if "vllm" in options.baselines:
+            from llmctl.agent.bench_vllm import run_vllm_baseline
+
+            runs.append(run_vllm_baseline(folder, dtype, config, workload, warmup, advancer("vllm")))
         if options.url is not None:
             runs.append(asyncio.run(
                 run_url_target(api_base(options.url), url_model, workload, warmup, advancer("url"))
@@ -588,8 +599,9 @@ def print_report(report: BenchReport, console) -> None:
     from rich import box
     from rich.table import Table
 
-    rows = report.to_dict()["runs"]
-    reference = next((r for r in rows if r["name"] in BASELINES), rows[0])
+    data = report.to_dict()
+    rows = data["runs"]
+    reference = next(r for r in rows if r["name"] == data["reference"])
     o = report.options
     rate = "inf" if math.isinf(o.request_rate) else f"{o.request_rate:g}/s"
     table = Table(
@@ -611,7 +623,7 @@ def print_report(report: BenchReport, console) -> None:
         peak_kv, waste = r.get("peak_kv_bytes"), r.get("peak_kv_waste")
         table.add_row(
             r["name"], f"{r['output_tokens_per_s']:.1f}",
-            f"{r['output_tokens_per_s'] / max(reference['output_tokens_per_s'], 1e-9):.2f}x",
+            f"{r['x_reference']:.2f}x",
             f"{r['requests_per_s']:.2f}",
             str(r["total_output_tokens"]), f"{r['wall_s']:.2f}",
             "-" if peak_kv is None else f"{peak_kv / 2**20:.2f}", "-" if waste is None else f"{waste:.1%}",

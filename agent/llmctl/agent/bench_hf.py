@@ -120,7 +120,7 @@ def run_baselines(
             for name in options.baselines:
                 if name == "hf-sequential":
                     runs.append(run_hf_sequential(model, workload, pad_id or 0, warmup, advancer(name)))
-                else:
+                elif name == "hf-static":
                     runs.append(run_hf_static(
                         model, workload, options.hf_batch_size, pad_id or 0, warmup, advancer(name)
                     ))

@@ -211,7 +211,7 @@ def bench(
         "--workload", metavar="FILE",
         help="JSON object of workload keys (requests, input_len, output_len, shared_prefix_len, request_rate, "
              "seed, lengths: [[input, output], ...]); its keys win over those flags, lengths over both ranges")] = None,
-    baselines: Annotated[str, typer.Option("--baselines", help="hf-sequential,hf-static")] = "",
+    baselines: Annotated[str, typer.Option("--baselines", help="hf-sequential,hf-static,vllm (vllm: `make peers` first)")] = "",
     hf_batch_size: Annotated[int, typer.Option("--hf-batch-size")] = 16,
     compare_prefix_caching: Annotated[bool, typer.Option("--compare-prefix-caching")] = False,
     no_engine: Annotated[bool, typer.Option("--no-engine", help="Run only the baselines")] = False,
