@@ -1,8 +1,9 @@
 """The only way the engine reaches an op.
 
-Triton kernels run for CUDA tensors, the torch reference everywhere else. `LLMCTL_KERNELS=reference`
-or `=triton` forces one (read once, here; `triton` on CPU tensors needs TRITON_INTERPRET=1). Ops with
-no Triton kernel (linear, weight prepacking) always use the reference.
+Triton kernels run for CUDA tensors; on CPU the C++ kernels of kernels/cpu (built on first use) run where
+they apply (float tensors, an unquantized KV pool), the torch reference everywhere else. `LLMCTL_KERNELS=
+reference` or `=triton` forces one (read once, here; `triton` on CPU tensors needs TRITON_INTERPRET=1). Ops
+with no Triton or C++ kernel (linear, weight prepacking) always use the reference.
 """
 
 from __future__ import annotations
@@ -44,27 +45,55 @@ def _triton_op(name: str):
     return getattr(module, name, None) or _reference_op(name)
 
 
-def _by_device(name: str):
+CPU_OPS = ("rms_norm", "rotary_embedding", "silu_and_mul", "paged_attention_decode", "prefill_attention")
+
+
+def _cpu_op(name: str):
+    """The C++ kernel for CPU float tensors (attention: over an unquantized pool of q's dtype), the reference
+    otherwise. The extension is built or loaded on the first call, not at import."""
+    import torch
+
+    from llmctl.kernels import cpu
+
     ref = _reference_op(name)
+    fast = getattr(cpu, name)
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+
+    if name in ("paged_attention_decode", "prefill_attention"):
+        @functools.wraps(ref)
+        def attention(q, k_cache, v_cache, meta, scale, k_scale=None, v_scale=None):
+            if (k_scale is None and v_scale is None and q.dtype in dtypes and k_cache.dtype == q.dtype
+                    and not q.is_cuda and cpu.available()):
+                return fast(q, k_cache, v_cache, meta, scale)
+            return ref(q, k_cache, v_cache, meta, scale, k_scale, v_scale)
+
+        return attention
 
     @functools.wraps(ref)
-    def dispatch(first, *args, **kwargs):
-        if first.is_cuda:
-            return _triton_op(name)(first, *args, **kwargs)
+    def op(first, *args, **kwargs):
+        if first.dtype in dtypes and not first.is_cuda and cpu.available():
+            return fast(first, *args, **kwargs)
         return ref(first, *args, **kwargs)
 
-    return dispatch
+    return op
 
 
 def _bind(name: str):
-    if name not in TRITON_OPS or BACKEND == "reference":
+    if BACKEND == "reference" or (name not in TRITON_OPS and name not in CPU_OPS):
         return _reference_op(name)
     if BACKEND == "triton":
         return _triton_op(name)
     import torch
 
-    # No GPU in this process: skip the per-call device check entirely.
-    return _by_device(name) if torch.cuda.is_available() else _reference_op(name)
+    host = _cpu_op(name) if name in CPU_OPS else _reference_op(name)
+    if not torch.cuda.is_available():  # no GPU in this process: skip the per-call device check entirely
+        return host
+
+    @functools.wraps(host)
+    def dispatch(first, *args, **kwargs):
+        return _triton_op(name)(first, *args, **kwargs) if first.is_cuda else host(first, *args, **kwargs)
+
+    return dispatch
 
 
 rms_norm = _bind("rms_norm")
