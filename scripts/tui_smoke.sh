@@ -62,7 +62,7 @@ keys Enter                                       # open the deployment
 expect "Deployment tiny"
 expect "Replicas (2)"
 expect "ready"
-expect "deployment.deployed"
+expect "rollout.completed"                      # the newest event: the panel keeps the latest in view
 keys Escape
 expect "llmctl › Fleet"
 
