@@ -27,8 +27,8 @@ SOURCE = Path(__file__).with_name("ops.cpp")
 # Fast math without assuming finite values: the kernels use -inf as the running max of an empty softmax.
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
           "-fassociative-math", "-freciprocal-math", "-fopenmp"]
-PREFILL_TILE = 16
-"""Query rows per prefill task: (rows x heads of one KV head) share each K/V chunk read."""
+PREFILL_TILE = 32
+"""Positions per prefill task: (positions x query heads of one KV head) rows share each K/V chunk read."""
 
 
 def _cpu_flags() -> str:

@@ -11,6 +11,10 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -86,6 +90,26 @@ inline void round_through(float* row, int64_t n) {
       default: TORCH_CHECK(false, "llmctl_cpu: unsupported dtype ", dtype);           \
     }                                                                                 \
   }()
+
+// exp(x) for x <= 0 (softmax arguments, max subtracted), branch-free so loops of it vectorise: x = n ln2 + r,
+// |r| <= ln2/2, e^r by a degree-6 polynomial (relative error ~2e-7), 2^n by building the exponent bits.
+// Below -87 the result flushes to 0 (as expf underflows); -inf gives 0.
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+  float p = 1.3888889e-3f;
+  p = p * r + 8.3333333e-3f;
+  p = p * r + 4.1666667e-2f;
+  p = p * r + 1.6666667e-1f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
 
 // -- rms_norm -----------------------------------------------------------------------------------
 // out = weight * round(normalise(x + residual)); new_residual = round(x + residual). x, residual, out,
@@ -163,7 +187,12 @@ void silu_and_mul(const at::Tensor& gate_up, at::Tensor& out) {
       for (int64_t t = begin; t < end; ++t) {
         Io<scalar_t>::load(gp + t * 2 * inter, g.data(), inter);
         Io<scalar_t>::load(gp + t * 2 * inter + inter, u.data(), inter);
-        for (int64_t i = 0; i < inter; ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+        for (int64_t i = 0; i < inter; ++i) {
+          // sigmoid from e = exp(-|g|) <= 1: no overflow, and the loop vectorises.
+          const float e = exp_nonpositive(-std::abs(g[i]));
+          const float sigmoid = (g[i] >= 0.f ? 1.f : e) / (1.f + e);
+          g[i] = g[i] * sigmoid * u[i];
+        }
         Io<scalar_t>::store(g.data(), op + t * inter, inter);
       }
     });
@@ -186,57 +215,258 @@ struct PagedKV {
   }
 };
 
-// `rows` query rows (fp32, pre-scaled, [rows, D]) whose row r sees keys [0, visible[r]);
-// writes the normalised outputs to acc [rows, D].
-template <typename T>
+constexpr int64_t KEYS = 32;  // keys per chunk: a chunk's scores of one row fit in two AVX-512 registers
+
+// GCC/Clang vector extensions: 16 floats, one AVX-512 register (two AVX2 ones elsewhere). Locals of this type
+// stay in registers across a loop, which arrays indexed in the loop do not.
+typedef float f16v __attribute__((vector_size(64)));
+
+inline f16v load16(const float* p) {
+  f16v v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void store16(float* p, f16v v) { std::memcpy(p, &v, sizeof(v)); }
+
+// s[R][KEYS] = q[R][d] x kt[d, KEYS]: R rows' scores against a chunk as broadcast-FMAs into 2R registers.
+// R independent rows keep 2R FMA chains in flight (one or two would wait on the FMA latency).
+template <int D, int R>
+inline void scores(const float* q, const float* kt, int64_t dim, float* s) {
+  static_assert(KEYS == 32, "two registers of scores per row");
+  const int64_t d = D > 0 ? D : dim;
+  f16v lo[R] = {}, hi[R] = {};
+  for (int64_t i = 0; i < d; ++i) {
+    const f16v k0 = load16(kt + i * KEYS), k1 = load16(kt + i * KEYS + 16);
+    for (int r = 0; r < R; ++r) {
+      lo[r] += q[r * d + i] * k0;
+      hi[r] += q[r * d + i] * k1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    store16(s + r * KEYS, lo[r]);
+    store16(s + r * KEYS + 16, hi[r]);
+  }
+}
+
+// o[r][d] = o * correction[r] + sum_j p[r][j] * v[j, d] for R rows; with D a multiple of 16 the rows live in
+// R * D/16 registers.
+template <int D, int R>
+inline void accumulate(float* o, const float* correction, const float* p, int64_t n, const float* v, int64_t dim) {
+  if constexpr (D > 0 && D % 16 == 0) {
+    f16v acc[R][D / 16];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < D / 16; ++c) acc[r][c] = load16(o + r * D + 16 * c) * correction[r];
+    for (int64_t j = 0; j < n; ++j) {
+      f16v vj[D / 16];
+      for (int c = 0; c < D / 16; ++c) vj[c] = load16(v + j * D + 16 * c);
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < D / 16; ++c) acc[r][c] += p[r * KEYS + j] * vj[c];
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < D / 16; ++c) store16(o + r * D + 16 * c, acc[r][c]);
+  } else {
+    for (int r = 0; r < R; ++r) {
+      float* orow = o + r * dim;
+      for (int64_t i = 0; i < dim; ++i) orow[i] *= correction[r];
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t i = 0; i < dim; ++i) orow[i] += p[r * KEYS + j] * v[j * dim + i];
+    }
+  }
+}
+
+// The online-softmax step of R rows over one chunk's scaled scores s[R][KEYS]: masks keys a row may not see,
+// turns scores into weights exp(s - new max), and updates each row's running max m and sum l. A row that
+// sees none of the chunk gets weights 0 and correction 1 (its state is unchanged).
+template <int R>
+inline void online_softmax(float* s, int64_t n, int64_t start, const int64_t* visible, float* m, float* l,
+                           float* correction) {
+  for (int r = 0; r < R; ++r) {
+    float* sr = s + r * KEYS;
+    const int64_t seen = std::max<int64_t>(0, std::min(n, visible[r] - start));
+    if (seen == 0) {
+      std::fill(sr, sr + KEYS, 0.f);
+      correction[r] = 1.f;
+      continue;
+    }
+    for (int64_t j = seen; j < KEYS; ++j) sr[j] = -std::numeric_limits<float>::infinity();
+    float chunk_max = sr[0];
+    for (int64_t j = 1; j < KEYS; ++j) chunk_max = std::max(chunk_max, sr[j]);
+    const float new_m = std::max(m[r], chunk_max);
+    float sum = 0.f;
+    for (int64_t j = 0; j < KEYS; ++j) {
+      sr[j] = exp_nonpositive(sr[j] - new_m);
+      sum += sr[j];
+    }
+    correction[r] = exp_nonpositive(m[r] - new_m);
+    l[r] = l[r] * correction[r] + sum;
+    m[r] = new_m;
+  }
+}
+
+// One chunk for R consecutive rows: scores, the online-softmax update, and the value accumulation.
+template <int D, int R>
+inline void chunk_rows(const float* q, const float* kt, const float* vf, int64_t n, int64_t start,
+                       const int64_t* visible, float scale, float* m, float* l, float* out, int64_t dim) {
+  const int64_t d = D > 0 ? D : dim;
+  float s[R * KEYS], correction[R];
+  scores<D, R>(q, kt, d, s);
+  for (int64_t j = 0; j < R * KEYS; ++j) s[j] *= scale;
+  online_softmax<R>(s, n, start, visible, m, l, correction);
+  int64_t longest = 0;
+  for (int r = 0; r < R; ++r) longest = std::max(longest, std::min(n, visible[r] - start));
+  accumulate<D, R>(out, correction, s, longest, vf, d);
+}
+
+// `rows` query rows (fp32, [rows, D]) whose row r sees keys [0, visible[r]); writes the
+// normalised outputs to out [rows, D]. Per chunk of KEYS keys: K transposed to [D, KEYS] and V [KEYS, D] in
+// fp32, then per row scores = q x K^T and out += p x V as broadcast-FMA loops over whole chunks, so each
+// K/V element read from the pool serves every row of the group, and the inner loops run full-width.
+template <typename T, int D>
 void attend_rows(const PagedKV<T>& kv, int64_t kvh, const float* q, int64_t rows, const int64_t* visible,
-                 float* acc, int64_t chunk) {
-  const int64_t d = kv.d;
+                 float scale, float* out, int64_t dim) {
+  const int64_t d = D > 0 ? D : dim;
   int64_t max_visible = 0;
   for (int64_t r = 0; r < rows; ++r) max_visible = std::max(max_visible, visible[r]);
   std::vector<float> m(rows, -std::numeric_limits<float>::infinity()), l(rows, 0.f);
-  std::vector<float> kf(chunk * d), vf(chunk * d), s(rows * chunk);
-  std::fill(acc, acc + rows * d, 0.f);
-  for (int64_t start = 0; start < max_visible; start += chunk) {
-    const int64_t n = std::min(chunk, max_visible - start);
+  std::vector<float> kt(d * KEYS), vf(KEYS * d), row(d);
+  std::fill(out, out + rows * d, 0.f);
+  for (int64_t start = 0; start < max_visible; start += KEYS) {
+    const int64_t n = std::min(KEYS, max_visible - start);
     for (int64_t j = 0; j < n; ++j) {
-      Io<T>::load(kv.k + kv.row(start + j, kvh), kf.data() + j * d, d);
+      Io<T>::load(kv.k + kv.row(start + j, kvh), row.data(), d);
+      for (int64_t i = 0; i < d; ++i) kt[i * KEYS + j] = row[i];
       Io<T>::load(kv.v + kv.row(start + j, kvh), vf.data() + j * d, d);
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t seen = std::min(n, visible[r] - start);  // keys of this chunk row r may see
-      if (seen <= 0) continue;
-      float* sr = s.data() + r * chunk;
-      const float* qr = q + r * d;
-      float chunk_max = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < seen; ++j) {
-        const float* kj = kf.data() + j * d;
-        float dot = 0.f;
-        for (int64_t i = 0; i < d; ++i) dot += qr[i] * kj[i];
-        sr[j] = dot;
-        chunk_max = std::max(chunk_max, dot);
-      }
-      const float new_m = std::max(m[r], chunk_max);
-      const float correction = std::exp(m[r] - new_m);
-      float sum = 0.f;
-      for (int64_t j = 0; j < seen; ++j) {
-        sr[j] = std::exp(sr[j] - new_m);
-        sum += sr[j];
-      }
-      l[r] = l[r] * correction + sum;
-      m[r] = new_m;
-      float* ar = acc + r * d;
-      for (int64_t i = 0; i < d; ++i) ar[i] *= correction;
-      for (int64_t j = 0; j < seen; ++j) {
-        const float p = sr[j];
-        const float* vj = vf.data() + j * d;
-        for (int64_t i = 0; i < d; ++i) ar[i] += p * vj[i];
-      }
+    for (int64_t j = n; j < KEYS; ++j) {  // a short last chunk: zero keys and values, masked below
+      for (int64_t i = 0; i < d; ++i) kt[i * KEYS + j] = 0.f;
+      std::fill(vf.data() + j * d, vf.data() + (j + 1) * d, 0.f);
     }
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4)
+      chunk_rows<D, 4>(q + r * d, kt.data(), vf.data(), n, start, visible + r, scale, m.data() + r,
+                       l.data() + r, out + r * d, d);
+    for (; r < rows; ++r)
+      chunk_rows<D, 1>(q + r * d, kt.data(), vf.data(), n, start, visible + r, scale, m.data() + r,
+                       l.data() + r, out + r * d, d);
   }
   for (int64_t r = 0; r < rows; ++r) {
     const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-    for (int64_t i = 0; i < d; ++i) acc[r * d + i] *= inv;
+    for (int64_t i = 0; i < d; ++i) out[r * d + i] *= inv;
+  }
+}
+
+#ifdef __AVX512BF16__
+// bf16 pools on CPUs with AVX512-BF16: scores and the value accumulation as vdpbf16ps, which multiplies pairs
+// of bf16 and accumulates in fp32, two products per lane per instruction. Queries and keys are bf16 already
+// (exact products); the softmax weights are rounded to bf16 for the value product, as the torch reference
+// rounds its probabilities before its bf16 matmul. Per chunk the keys are laid out as [D/2 dim pairs][KEYS]
+// 32-bit words (a word: two dims of one key) and the values as [KEYS/2 key pairs][D] words (a word: one dim
+// of two keys), so one broadcast query (or weight) pair meets 16 keys (or dims) per instruction.
+// One chunk for R rows with vdpbf16ps: R rows keep 2R score chains and R * D/16 value chains in flight
+// (one row alone would wait on the instruction's latency).
+template <int D, int R>
+inline void chunk_rows_bf16(const uint32_t* qw, const uint32_t* kw, const uint32_t* vw, int64_t n, int64_t start,
+                            const int64_t* visible, float scale, float* m, float* l, float* out) {
+  constexpr int P = D / 2;
+  __m512 lo[R], hi[R];
+  for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm512_setzero_ps();
+  for (int p = 0; p < P; ++p) {
+    const __m512bh k0 = (__m512bh)_mm512_loadu_si512(kw + p * KEYS);
+    const __m512bh k1 = (__m512bh)_mm512_loadu_si512(kw + p * KEYS + 16);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh qq = (__m512bh)_mm512_set1_epi32(static_cast<int>(qw[r * P + p]));
+      lo[r] = _mm512_dpbf16_ps(lo[r], qq, k0);
+      hi[r] = _mm512_dpbf16_ps(hi[r], qq, k1);
+    }
+  }
+  float s[R * KEYS], correction[R];
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(s + r * KEYS, _mm512_mul_ps(lo[r], sc));
+    _mm512_storeu_ps(s + r * KEYS + 16, _mm512_mul_ps(hi[r], sc));
+  }
+  online_softmax<R>(s, n, start, visible, m, l, correction);
+  int64_t longest = 0;
+  for (int r = 0; r < R; ++r) longest = std::max(longest, std::min(n, visible[r] - start));
+  uint32_t pw[R][KEYS / 2];
+  for (int r = 0; r < R; ++r) {
+    uint16_t pb[KEYS];
+    for (int64_t j = 0; j < KEYS; ++j) pb[j] = float_to_bf16(s[r * KEYS + j]);
+    std::memcpy(pw[r], pb, sizeof(pb));
+  }
+  __m512 a[R][D / 16];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < D / 16; ++c)
+      a[r][c] = _mm512_mul_ps(_mm512_loadu_ps(out + r * D + 16 * c), _mm512_set1_ps(correction[r]));
+  for (int64_t t = 0; t < (longest + 1) / 2; ++t) {
+    __m512bh vv[D / 16];
+    for (int c = 0; c < D / 16; ++c) vv[c] = (__m512bh)_mm512_loadu_si512(vw + t * D + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh pp = (__m512bh)_mm512_set1_epi32(static_cast<int>(pw[r][t]));
+      for (int c = 0; c < D / 16; ++c) a[r][c] = _mm512_dpbf16_ps(a[r][c], pp, vv[c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < D / 16; ++c) _mm512_storeu_ps(out + r * D + 16 * c, a[r][c]);
+}
+
+template <int D>
+void attend_rows_bf16(const PagedKV<c10::BFloat16>& kv, int64_t kvh, const float* q, int64_t rows,
+                      const int64_t* visible, float scale, float* out) {
+  constexpr int P = D / 2;
+  int64_t max_visible = 0;
+  for (int64_t r = 0; r < rows; ++r) max_visible = std::max(max_visible, visible[r]);
+  std::vector<float> m(rows, -std::numeric_limits<float>::infinity()), l(rows, 0.f);
+  std::vector<uint32_t> qw(rows * P), kw(P * KEYS), vw((KEYS / 2) * D);
+  {  // the fp32 queries came from bf16: back to bf16 pairs, exactly
+    std::vector<uint16_t> qb(rows * D);
+    for (int64_t i = 0; i < rows * D; ++i) qb[i] = float_to_bf16(q[i]);
+    std::memcpy(qw.data(), qb.data(), qb.size() * sizeof(uint16_t));
+  }
+  std::fill(out, out + rows * D, 0.f);
+  for (int64_t start = 0; start < max_visible; start += KEYS) {
+    const int64_t n = std::min(KEYS, max_visible - start);
+    for (int64_t j = 0; j < KEYS; ++j) {
+      const uint32_t* krow = j < n ? reinterpret_cast<const uint32_t*>(kv.k + kv.row(start + j, kvh)) : nullptr;
+      for (int p = 0; p < P; ++p) kw[p * KEYS + j] = krow ? krow[p] : 0u;
+    }
+    for (int64_t t = 0; t < KEYS / 2; ++t) {
+      const int64_t j0 = 2 * t, j1 = 2 * t + 1;
+      const uint16_t* v0 = j0 < n ? reinterpret_cast<const uint16_t*>(kv.v + kv.row(start + j0, kvh)) : nullptr;
+      const uint16_t* v1 = j1 < n ? reinterpret_cast<const uint16_t*>(kv.v + kv.row(start + j1, kvh)) : nullptr;
+      for (int i = 0; i < D; ++i)
+        vw[t * D + i] = (v0 ? v0[i] : 0u) | (static_cast<uint32_t>(v1 ? v1[i] : 0u) << 16);
+    }
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4)
+      chunk_rows_bf16<D, 4>(qw.data() + r * P, kw.data(), vw.data(), n, start, visible + r, scale, m.data() + r,
+                            l.data() + r, out + r * D);
+    for (; r < rows; ++r)
+      chunk_rows_bf16<D, 1>(qw.data() + r * P, kw.data(), vw.data(), n, start, visible + r, scale, m.data() + r,
+                            l.data() + r, out + r * D);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    for (int i = 0; i < D; ++i) out[r * D + i] *= inv;
+  }
+}
+#endif
+
+// The head dims models use get a compile-time D (the output row stays in registers); others run generic.
+template <typename T>
+void attend(const PagedKV<T>& kv, int64_t kvh, const float* q, int64_t rows, const int64_t* visible,
+            float scale, float* out) {
+#ifdef __AVX512BF16__
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (kv.d == 64) return attend_rows_bf16<64>(kv, kvh, q, rows, visible, scale, out);
+    if (kv.d == 128) return attend_rows_bf16<128>(kv, kvh, q, rows, visible, scale, out);
+  }
+#endif
+  switch (kv.d) {
+    case 64: return attend_rows<T, 64>(kv, kvh, q, rows, visible, scale, out, 64);
+    case 128: return attend_rows<T, 128>(kv, kvh, q, rows, visible, scale, out, 128);
+    default: return attend_rows<T, 0>(kv, kvh, q, rows, visible, scale, out, kv.d);
   }
 }
 
@@ -259,9 +489,8 @@ void paged_attention_decode(const at::Tensor& q, const at::Tensor& k_cache, cons
         PagedKV<scalar_t> kv{k_cache.const_data_ptr<scalar_t>(), v_cache.const_data_ptr<scalar_t>(),
                              tables + seq * width, bs, kvh, d};
         Io<scalar_t>::load(qp + (seq * h + head * g) * d, qf.data(), g * d);
-        for (auto& x : qf) x *= static_cast<float>(scale);
         std::fill(visible.begin(), visible.end(), static_cast<int64_t>(lens[seq]));
-        attend_rows<scalar_t>(kv, head, qf.data(), g, visible.data(), acc.data(), bs);
+        attend<scalar_t>(kv, head, qf.data(), g, visible.data(), static_cast<float>(scale), acc.data());
         Io<scalar_t>::store(acc.data(), op + (seq * h + head * g) * d, g * d);
       }
     });
@@ -302,8 +531,7 @@ void prefill_attention(const at::Tensor& q, const at::Tensor& k_cache, const at:
           const int64_t pos = st[seq] + (r0 + r - cu[seq]);
           for (int64_t j = 0; j < g; ++j) visible[r * g + j] = pos + 1;
         }
-        for (int64_t i = 0; i < rows * g * d; ++i) qf[i] *= static_cast<float>(scale);
-        attend_rows<scalar_t>(kv, head, qf.data(), rows * g, visible.data(), acc.data(), 4 * bs);
+        attend<scalar_t>(kv, head, qf.data(), rows * g, visible.data(), static_cast<float>(scale), acc.data());
         for (int64_t r = 0; r < rows; ++r)
           Io<scalar_t>::store(acc.data() + r * g * d, op + ((r0 + r) * h + head * g) * d, g * d);
       }
