@@ -27,6 +27,8 @@ KERNEL_CATEGORY = {
     "linear": "linears",
     "w8a16_linear": "linears",
     "awq_linear": "linears",
+    "w8a16_linear_packed": "linears",
+    "awq_linear_packed": "linears",
     "rms_norm": "norms",
     "rotary_embedding": "rotary",
     "silu_and_mul": "activation",

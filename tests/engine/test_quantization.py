@@ -15,12 +15,13 @@ from llmctl.agent.engine.errors import InvalidRequest, UnsupportedModel
 from llmctl.agent.engine.models.linear import AWQLinear, DenseLinear, Int8Linear
 from llmctl.agent.engine.quantization import QuantSpec, awq, resolve_spec
 from llmctl.agent.engine.quantization.checkpoint import quantize_to_folder
+from llmctl.agent.engine.quantization.int8 import int8_linear
 from llmctl.agent.engine.sampling import SamplingParams
 from llmctl.kernels.quant_reference import dequantize_awq, pack_awq, quantize_int8_per_channel, unpack_awq
 
 
-def engine(model, **kw) -> LLMEngine:
-    return LLMEngine(EngineConfig(model=str(model), dtype="float32", num_kv_blocks=128, **kw))
+def engine(model, dtype: str = "float32", **kw) -> LLMEngine:
+    return LLMEngine(EngineConfig(model=str(model), dtype=dtype, num_kv_blocks=128, **kw))
 
 
 def greedy(eng: LLMEngine, prompts: list[str], n: int = 12) -> list[list[int]]:
@@ -85,11 +86,12 @@ def test_group_size_auto_picks_the_largest_that_divides_every_layer(tiny_llama, 
 
 
 def test_quantized_linears_shrink_memory_for_real(smollm2_path):
-    float_engine = engine(smollm2_path)
+    # bfloat16, as served: the CPU runtime layouts keep scales (and AWQ zeros) in the activation dtype.
+    float_engine = engine(smollm2_path, dtype="bfloat16")
     fp16_linear = 2 * float_engine.info.linear_params
-    assert float_engine.info.linear_weight_bytes == 2 * fp16_linear  # float32 model
+    assert float_engine.info.linear_weight_bytes == fp16_linear
     for method, bound in (("int8", 0.52), ("rtn4", 0.30)):
-        eng = engine(smollm2_path, quantization=method)
+        eng = engine(smollm2_path, dtype="bfloat16", quantization=method)
         assert eng.info.linear_weight_bytes <= bound * fp16_linear, method
         # No float copy of the quantized weights stays behind: the whole model shrinks by the difference.
         saved = float_engine.info.linear_weight_bytes - eng.info.linear_weight_bytes
@@ -211,7 +213,108 @@ def test_quantizing_at_load_in_bfloat16_rounds_in_float32_and_serves_in_bfloat16
     bf16, fp32 = load("bfloat16"), load("float32")
     for a, b in zip(bf16.runner.model.layers, fp32.runner.model.layers, strict=True):
         for qa, qb in ((a.self_attn.qkv_proj, b.self_attn.qkv_proj), (a.mlp.down_proj, b.mlp.down_proj)):
-            assert torch.equal(qa.qweight, qb.qweight) and torch.equal(qa.scales, qb.scales)
+            # Served on CPU, so prepacked: the same 4-bit codes, the same fp32-exact scales and zeros
+            # rounded to each engine's activation dtype.
+            assert torch.equal(qa.packed_weight, qb.packed_weight)
+            assert torch.equal(qa.scales_and_zeros, qb.scales_and_zeros.to(torch.bfloat16))
         assert a.input_layernorm.dtype == torch.bfloat16
     assert bf16.runner.model.embed_tokens.dtype == torch.bfloat16
     assert greedy(bf16, ["hello world"], 4)[0]
+
+
+# Prepacked CPU layers against the reference, per path: see tests/kernels/test_quant_matmul.py for why
+# 1e-2 (bf16) and 1e-3 (fp32, where the AWQ reference rounds its weights to float16) are the bounds.
+PREPACK_TOL = {torch.bfloat16: 1e-2, torch.float32: 1e-3}
+
+
+def quantized_pair(method: str, k: int, n: int, bias: bool):
+    torch.manual_seed(0)
+    dense = DenseLinear(k, n, bias=bias)
+    with torch.no_grad():
+        dense.weight.normal_(0, 0.05)
+        if bias:
+            dense.bias.normal_(0, 0.1)
+    make = (lambda d: int8_linear(d)) if method == "int8" else (lambda d: awq.awq_linear(d, 64))
+    return make(dense), make(dense)
+
+
+def to_dtype(layer, dtype):
+    if layer.bias is not None:
+        layer.bias.data = layer.bias.data.to(dtype)
+    return layer
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("method,k,n,bias", [("int8", 576, 960, True), ("int8", 1536, 576, False),
+                                             ("awq", 576, 960, True), ("awq", 1536, 576, False)])
+def test_prepacked_layers_match_the_reference_at_every_batch_size(method, k, n, bias, dtype):
+    from tests.kernels.closeness import assert_close
+
+    ref_layer, packed = (to_dtype(layer, dtype) for layer in quantized_pair(method, k, n, bias))
+    packed.prepack(dtype)
+    # bf16: M = 1 and 4 take torch's kernels, 33 int8's tiled path, 130 both tiled paths; fp32 always tiles.
+    for m in (1, 4, 33, 130):
+        x = torch.randn(m, k, dtype=dtype)
+        got = packed(x)
+        assert got.dtype == dtype and got.shape == (m, n)
+        assert_close(got, ref_layer(x), PREPACK_TOL[dtype], f"{method} M={m}")
+
+
+def test_prepack_replaces_the_stored_awq_tensors_and_refuses_to_save_them():
+    ref_layer, packed = quantized_pair("awq", 576, 960, bias=False)
+    stored_bytes = packed.weight_bytes()
+    packed.prepack(torch.bfloat16)
+    assert packed.qweight is None and packed.qzeros is None and packed.scales is None
+    assert packed.packed_weight.dtype == torch.uint8 and packed.packed_weight.shape == (960, 288)
+    # No second copy: 0.5 byte per weight plus a bf16 (scale, zero) per group and output.
+    assert packed.weight_bytes() == 960 * 288 + (576 // 64) * 960 * 2 * 2
+    assert packed.weight_bytes() < 1.1 * stored_bytes
+    names = {name for name, _ in packed.named_buffers()}
+    assert names == {"packed_weight", "scales_and_zeros"}
+    with pytest.raises(RuntimeError, match="save a quantized model before finalize"):
+        packed.state_dict()
+    assert set(ref_layer.state_dict()) == {"qweight", "qzeros", "scales"}
+
+
+def test_prepack_keeps_the_stored_int8_tensors_and_what_state_dict_saves():
+    ref_layer, packed = quantized_pair("int8", 576, 960, bias=True)
+    packed.prepack(torch.bfloat16)
+    saved, stored = packed.state_dict(), ref_layer.state_dict()
+    assert saved.keys() == stored.keys() == {"weight", "weight_scale", "bias"}
+    assert all(torch.equal(saved[k], stored[k]) for k in stored)
+    assert packed.packed_scale.dtype == torch.bfloat16 and packed.packed_scale.shape == (960,)
+    assert packed.weight_bytes() == ref_layer.weight_bytes() + 960 * 2
+
+
+def test_quantizing_to_a_folder_never_prepacks(tiny_llama, tmp_path, monkeypatch):
+    # Checkpoints are written from the unfinalized model, so the stored format is what gets saved.
+    from llmctl.agent.engine.models import llama
+
+    def fail(model):
+        raise AssertionError("finalize called while quantizing to a folder")
+
+    monkeypatch.setattr(llama, "finalize", fail)
+    folder = quantize_to_folder(str(tiny_llama), "rtn4", tmp_path / "rtn4").out
+    assert (folder / "model.safetensors").is_file()
+
+
+def test_layers_the_cpu_kernels_cannot_take_keep_the_stored_layout(monkeypatch):
+    from llmctl import kernels
+
+    def dense(k: int, n: int) -> DenseLinear:
+        layer = DenseLinear(k, n)
+        with torch.no_grad():
+            layer.weight.normal_(0, 0.05)
+        return layer
+
+    odd_int8 = int8_linear(dense(72, 32))  # 72 input features: torch's int8 kernel steps 16 at a time
+    odd_int8.prepack(torch.bfloat16)
+    assert odd_int8.packed_scale is None
+    odd_awq = awq.awq_linear(dense(64, 24), 32)  # 24 outputs: int4pack packs 16 rows at a time
+    odd_awq.prepack(torch.bfloat16)
+    assert odd_awq.packed_weight is None and odd_awq.qweight is not None
+    # LLMCTL_KERNELS=reference (or triton) forces its backend: layers stay as stored.
+    monkeypatch.setattr(kernels, "BACKEND", "reference")
+    _, forced = quantized_pair("awq", 576, 960, bias=False)
+    forced.prepack(torch.bfloat16)
+    assert forced.packed_weight is None and set(forced.state_dict()) == {"qweight", "qzeros", "scales"}

@@ -1,16 +1,19 @@
-"""W8A16 and W4A16 (AutoAWQ GEMM layout) linears: the packing bit for bit, the torch references and both
-Triton paths (GEMM, split-K) against fp64 math, on SmolLM2 widths (576, 1536) that are not multiples of
-128. Triton runs under the interpreter when there is no GPU."""
+"""W8A16 and W4A16 (AutoAWQ GEMM layout) linears: the packing bit for bit, the torch references, both
+Triton paths (GEMM, split-K) and both CPU runtime-layout paths (torch kernel, tiled dequantize + GEMM)
+against fp64 math, on SmolLM2 widths (576, 1536) that are not multiples of 128. Triton runs under the
+interpreter when there is no GPU."""
 
 from __future__ import annotations
 
 import os
+import platform
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from llmctl.kernels import quant_cpu  # noqa: E402
 from llmctl.kernels import quant_reference as ref  # noqa: E402
 from llmctl.kernels.triton import quant_matmul as tq  # noqa: E402
 from tests.kernels.closeness import assert_close as assert_rel_close  # noqa: E402
@@ -204,3 +207,134 @@ def test_triton_wrappers_reject_bad_arguments():
         tq.w8a16_linear(x, w_int8, torch.ones(63))
     with pytest.raises(ValueError, match="x must be"):
         tq.w8a16_linear(x.double(), w_int8, torch.ones(64))
+
+
+# ------------------------------------------------------------------------------- CPU runtime layouts
+
+# Closeness is the relative Frobenius error against fp64 math on the same quantized weights. In bf16 the
+# CPU paths round the scales and zeros to bf16 (<= 2^-9 each, per output channel or group), the output
+# (2^-9), the output plus bias once more, and on the tiled path each dequantized weight too; together
+# that measures ~2.8e-3 (the reference: ~2.3e-3; fp16 ~3e-4; fp32 ~4e-7). TOL leaves >3x headroom, and
+# a wrong nibble, group or channel gives errors of order 1. Against the reference, fp32 needs 1e-3: the
+# reference rounds AWQ weights to the scales' float16 first (~2e-4), the CPU path does not.
+REF_TOL = {**TOL, torch.float32: 1e-3}
+CPU_PATHS = ("kernel", "tiled")
+
+
+@pytest.fixture
+def cpu_path(request, monkeypatch):
+    """Forces quant_cpu's path for every M; small tiles so the tiled path loops over several."""
+    small = 1 << 30 if request.param == "kernel" else 0
+    monkeypatch.setattr(quant_cpu, "SMALL_M_INT8", small)
+    monkeypatch.setattr(quant_cpu, "SMALL_M_AWQ", small)
+    monkeypatch.setattr(quant_cpu, "TILE_BYTES", 256 * 4 * 64)  # 64 output rows per tile at K=256
+    return request.param
+
+
+# (M, K, N, group): SmolLM2's qkv and down widths, a partial last 64-row block (N=144), group 128.
+CPU_AWQ_CASES = [
+    (1, 576, 960, 64), (5, 576, 960, 64), (33, 1536, 576, 64), (7, 256, 144, 32), (130, 128, 80, 128)
+]
+
+
+@pytest.mark.parametrize("cpu_path", CPU_PATHS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m,k,n,group", CPU_AWQ_CASES)
+def test_cpu_awq_linear_matches_fp64_and_the_reference(m, k, n, group, dtype, cpu_path):
+    qweight, qzeros, scales, w64 = random_awq(k, n, group, torch.float16)
+    x = torch.randn(2, m, k, dtype=dtype)  # leading dims are kept
+    bias = torch.randn(n, dtype=dtype) if m % 2 else None
+    packed, scales_and_zeros = quant_cpu.prepack_awq(qweight, qzeros, scales, group, dtype)
+    assert packed.dtype == torch.uint8 and packed.shape == (n, k // 2)
+    assert scales_and_zeros.dtype == dtype and scales_and_zeros.shape == (k // group, n, 2)
+    out = quant_cpu.awq_linear(x, packed, scales_and_zeros, group, bias)
+    assert out.dtype == dtype and out.shape == (2, m, n)
+    expected = x.double() @ w64 + (bias.double() if bias is not None else 0)
+    assert_rel_close(out, expected, TOL[dtype], f"cpu awq_linear {cpu_path}")
+    reference = ref.awq_linear(x, qweight, qzeros, scales, group, bias)
+    assert_rel_close(out, reference, REF_TOL[dtype], f"cpu awq_linear {cpu_path} vs reference")
+
+
+# (M, K, N): SmolLM2's o and down widths, and a small odd N.
+CPU_W8_CASES = [(1, 576, 576), (4, 1536, 576), (33, 576, 960), (130, 256, 200), (3, 160, 24)]
+
+
+@pytest.mark.parametrize("cpu_path", CPU_PATHS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("m,k,n", CPU_W8_CASES)
+def test_cpu_w8a16_linear_matches_fp64_and_the_reference(m, k, n, dtype, cpu_path):
+    w_int8, scales = ref.quantize_int8_per_channel(torch.randn(n, k))
+    x = torch.randn(m, k, dtype=dtype)
+    bias = torch.randn(n, dtype=dtype) if m % 2 else None
+    weight, packed_scales = quant_cpu.prepack_w8a16(w_int8, scales, dtype)
+    assert torch.equal(weight, w_int8) and packed_scales.dtype == dtype
+    out = quant_cpu.w8a16_linear(x, weight, packed_scales, bias)
+    assert out.dtype == dtype and out.shape == (m, n)
+    expected = x.double() @ (w_int8.double() * scales.double()[:, None]).T
+    expected = expected + (bias.double() if bias is not None else 0)
+    assert_rel_close(out, expected, TOL[dtype], f"cpu w8a16_linear {cpu_path}")
+    assert_rel_close(out, ref.w8a16_linear(x, w_int8, scales, bias), REF_TOL[dtype], "vs reference")
+
+
+def test_cpu_w8a16_copies_a_misaligned_weight_or_input_instead_of_faulting():
+    # torch's int8 kernel uses aligned vector loads; a tensor at an odd offset in a loaded file would fault.
+    w_int8, scales = ref.quantize_int8_per_channel(torch.randn(64, 160))
+    odd = torch.empty(64 * 160 + 1, dtype=torch.int8)[1:].view(64, 160).copy_(w_int8)
+    weight, packed_scales = quant_cpu.prepack_w8a16(odd, scales, torch.bfloat16)
+    assert weight.data_ptr() % quant_cpu.ALIGNMENT == 0 and torch.equal(weight, w_int8)
+    x = torch.randn(3 * 160 + 8, dtype=torch.bfloat16)[8:].view(3, 160)  # 16 bytes past an aligned start
+    out = quant_cpu.w8a16_linear(x, weight, packed_scales)
+    assert_rel_close(out, ref.w8a16_linear(x, w_int8, scales), TOL[torch.bfloat16], "misaligned x")
+
+
+def _pack_int4_layout(codes: torch.Tensor, block: int, lanes: bool) -> torch.Tensor:
+    """codes [N, K] in 0..15 -> bytes as torch's int4pack lays them out for (block, lanes) (see quant_cpu)."""
+    n, k = codes.shape
+    full = n // block * block
+    parts = []
+    for b0 in range(0, full, block):
+        blk = codes[b0:b0 + block].T  # [K, block]
+        low, high = (blk[:, : block // 2], blk[:, block // 2:]) if lanes else (blk[:, 0::2], blk[:, 1::2])
+        parts.append((low | high << 4).reshape(-1))
+    if n > full:
+        tail = codes[full:].T
+        parts.append((tail[:, 0::2] | tail[:, 1::2] << 4).reshape(-1))
+    return torch.cat(parts).to(torch.uint8).view(n, k // 2)
+
+
+@pytest.mark.parametrize("layout", quant_cpu._LAYOUTS)
+def test_every_known_int4pack_layout_decodes_to_its_codes(layout):
+    # Only one layout runs on a given CPU; the others are checked against their documented packing here.
+    n, k, group = 2 * 64 + 48, 64, 32
+    codes = torch.randint(0, 16, (n, k))
+    packed = _pack_int4_layout(codes, *layout)
+    ones = torch.ones(k // group, n)
+    w = torch.empty(k, n)
+    for data, lanes, c0, c1 in quant_cpu._int4_tiles(packed, layout, 64):
+        w[:, c0:c1] = quant_cpu._dequantize_int4_tile(data, lanes, ones[:, c0:c1], 8 * ones[:, c0:c1], group)
+    assert torch.equal(w.T, codes.float())
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 layouts only")
+def test_this_cpus_int4pack_layout_is_known():
+    # If torch changes its layout, the probe finds none and large M falls back to the (slower) kernel.
+    assert quant_cpu._int4pack_layout() in quant_cpu._LAYOUTS
+
+
+def test_cpu_layouts_refuse_shapes_and_dtypes_their_kernels_cannot_take():
+    qweight, qzeros, scales, _ = random_awq(128, 24, 64, torch.float16)  # 24 rows: not a multiple of 16
+    assert not quant_cpu.awq_packable(128, 24, 64) and quant_cpu.awq_packable(128, 32, 64)
+    with pytest.raises(ValueError, match="int4pack"):
+        quant_cpu.prepack_awq(qweight, qzeros, scales, 64, torch.bfloat16)
+    assert not quant_cpu.w8a16_packable(72) and quant_cpu.w8a16_packable(160)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        quant_cpu.prepack_w8a16(torch.zeros(8, 72, dtype=torch.int8), torch.ones(8), torch.bfloat16)
+    weight, packed_scales = quant_cpu.prepack_w8a16(
+        torch.zeros(8, 64, dtype=torch.int8), torch.ones(8), torch.bfloat16
+    )
+    with pytest.raises(ValueError, match="prepacked for torch.bfloat16"):
+        quant_cpu.w8a16_linear(torch.randn(2, 64), weight, packed_scales)
+    qweight, qzeros, scales, _ = random_awq(128, 32, 64, torch.float16)
+    packed, scales_and_zeros = quant_cpu.prepack_awq(qweight, qzeros, scales, 64, torch.float32)
+    with pytest.raises(ValueError, match="x must end"):
+        quant_cpu.awq_linear(torch.randn(2, 64), packed, scales_and_zeros, 64)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 
-from llmctl.kernels import quant_reference, reference
+from llmctl.kernels import quant_cpu, quant_reference, reference
 
 BACKEND = os.environ.get("LLMCTL_KERNELS", "auto")
 if BACKEND not in ("auto", "reference", "triton"):
@@ -104,6 +104,14 @@ paged_attention_decode = _bind("paged_attention_decode")
 prefill_attention = _bind("prefill_attention")
 w8a16_linear = _bind("w8a16_linear")
 awq_linear = _bind("awq_linear")
+# Quantized linears in the CPU runtime layout a layer converts its stored tensors to once, at load
+# (finalize); CUDA layers keep the stored layout and the Triton ops above.
+w8a16_packable = quant_cpu.w8a16_packable
+prepack_w8a16 = quant_cpu.prepack_w8a16
+w8a16_linear_packed = quant_cpu.w8a16_linear
+awq_packable = quant_cpu.awq_packable
+prepack_awq = quant_cpu.prepack_awq
+awq_linear_packed = quant_cpu.awq_linear
 linear = reference.linear
 prepack_linear_weight = reference.prepack_linear_weight
 
@@ -117,6 +125,12 @@ __all__ = [
     "rotary_embedding",
     "silu_and_mul",
     "awq_linear",
+    "awq_linear_packed",
+    "awq_packable",
+    "prepack_awq",
+    "prepack_w8a16",
     "w8a16_linear",
+    "w8a16_linear_packed",
+    "w8a16_packable",
     "write_kv",
 ]

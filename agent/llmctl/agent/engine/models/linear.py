@@ -3,6 +3,10 @@
 Each holds only its own format's tensors (a quantized layer keeps no full-precision copy) and reaches
 the matmul through `kernels`. Tensor names follow the checkpoints: `weight`/`bias` (dense),
 `weight` int8 + `weight_scale` (int8), `qweight`/`qzeros`/`scales` (AWQ).
+
+`prepack()` (called by finalize, for serving only) converts a CPU layer once to the layout its CPU kernel
+reads fastest. CUDA layers keep the stored layout, which the Triton kernels read. A prepacked AWQ layer
+no longer holds its stored tensors, so it refuses state_dict(): checkpoints are written before finalize.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ class DenseLinear(nn.Module):
         return self.in_features * self.out_features * self.weight.element_size()
 
 
+def _packs_for_cpu(t: torch.Tensor) -> bool:
+    """Whether prepack converts this layer: CPU tensors, unless LLMCTL_KERNELS forces a backend."""
+    return t.device.type == "cpu" and kernels.BACKEND == "auto"
+
+
 class Int8Linear(nn.Module):
     """y = x @ (weight * weight_scale[:, None]).T + bias; symmetric int8, one float32 scale per output row."""
 
@@ -43,12 +52,24 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.empty(out_features, dtype=torch.float32))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        # After prepack on CPU: weight_scale in the activation dtype [out] (what the CPU kernel reads).
+        self.register_buffer("packed_scale", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed_scale is not None:
+            return kernels.w8a16_linear_packed(x, self.weight, self.packed_scale, self.bias)
         return kernels.w8a16_linear(x, self.weight, self.weight_scale, self.bias)
 
+    def prepack(self, dtype: torch.dtype) -> None:
+        """For `dtype` activations on CPU. The int8 [out, in] weight already is the CPU kernel's layout and
+        stays as stored; only the scales are added in `dtype` (out values, not a weight copy)."""
+        if _packs_for_cpu(self.weight) and kernels.w8a16_packable(self.in_features):
+            self.weight, self.packed_scale = kernels.prepack_w8a16(self.weight, self.weight_scale, dtype)
+
     def weight_bytes(self) -> int:
-        return self.weight.numel() + self.weight_scale.numel() * 4
+        scale = self.packed_scale
+        extra = 0 if scale is None else scale.numel() * scale.element_size()
+        return self.weight.numel() + self.weight_scale.numel() * 4 + extra
 
 
 class AWQLinear(nn.Module):
@@ -70,12 +91,40 @@ class AWQLinear(nn.Module):
         self.register_buffer("qzeros", torch.empty(groups, out_features // 8, dtype=torch.int32))
         self.register_buffer("scales", torch.empty(groups, out_features, dtype=torch.float16))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        # After prepack on CPU, in place of the three above: torch's int4pack layout, uint8 [out, in/2],
+        # and (scale, zero) per group and output [in/g, out, 2] in the activation dtype.
+        self.register_buffer("packed_weight", None, persistent=False)
+        self.register_buffer("scales_and_zeros", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed_weight is not None:
+            return kernels.awq_linear_packed(
+                x, self.packed_weight, self.scales_and_zeros, self.group_size, self.bias
+            )
         return kernels.awq_linear(x, self.qweight, self.qzeros, self.scales, self.group_size, self.bias)
 
+    def prepack(self, dtype: torch.dtype) -> None:
+        """For `dtype` activations on CPU: the stored tensors are replaced (not copied) by the kernel's."""
+        if self.packed_weight is not None or not _packs_for_cpu(self.qweight):
+            return
+        if not kernels.awq_packable(self.in_features, self.out_features, self.group_size):
+            return  # a width torch's kernel cannot take: the layer keeps the (slow) reference path
+        self.packed_weight, self.scales_and_zeros = kernels.prepack_awq(
+            self.qweight, self.qzeros, self.scales, self.group_size, dtype
+        )
+        self.qweight = self.qzeros = self.scales = None
+        self.register_state_dict_pre_hook(_refuse_packed_state_dict)
+
     def weight_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.qweight, self.qzeros, self.scales))
+        tensors = (self.qweight, self.qzeros, self.scales, self.packed_weight, self.scales_and_zeros)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _refuse_packed_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    raise RuntimeError(
+        f"AWQ layer {prefix.rstrip('.') or '(root)'} was prepacked for the CPU kernel (finalize) and no "
+        "longer holds the checkpoint's tensors; save a quantized model before finalize"
+    )
 
 
 QUANTIZED_LINEARS = (Int8Linear, AWQLinear)

@@ -58,16 +58,16 @@ class Attention(nn.Module):
         q, k = kernels.rotary_embedding(q, k, cos, sin)
         k_cache, v_cache, scales = kv.k, kv.v, kv.scales()
         kernels.write_kv(k, v, k_cache, v_cache, batch.slot_mapping, **scales)
-        out = torch.empty_like(q)  # [T, H, D]
-        nd = batch.num_decodes
-        if batch.decode is not None:
-            out[:nd] = kernels.paged_attention_decode(
-                q[:nd], k_cache, v_cache, batch.decode, self.scale, **scales
-            )
-        if batch.prefill is not None:
-            out[nd:] = kernels.prefill_attention(
-                q[nd:], k_cache, v_cache, batch.prefill, self.scale, **scales
-            )
+        decode, prefill = batch.decode, batch.prefill
+        if prefill is None:  # an all-decode step (or all-prefill, below) writes its output directly
+            out = kernels.paged_attention_decode(q, k_cache, v_cache, decode, self.scale, **scales)
+        elif decode is None:
+            out = kernels.prefill_attention(q, k_cache, v_cache, prefill, self.scale, **scales)
+        else:
+            out = torch.empty_like(q)  # [T, H, D]
+            nd = batch.num_decodes
+            out[:nd] = kernels.paged_attention_decode(q[:nd], k_cache, v_cache, decode, self.scale, **scales)
+            out[nd:] = kernels.prefill_attention(q[nd:], k_cache, v_cache, prefill, self.scale, **scales)
         return self.o_proj(out.view(t, self.q_size))
 
 
@@ -275,9 +275,13 @@ def build_model(
 
 def finalize(model: LlamaModel) -> LlamaModel:
     """Prepare for serving: dense weights in the fastest matmul layout, the LM head's weight ready."""
+    from llmctl.agent.engine.models.linear import QUANTIZED_LINEARS
+
     for module in model.modules():
         if isinstance(module, DenseLinear):
             module.prepack()
+        elif isinstance(module, QUANTIZED_LINEARS):
+            module.prepack(model.embed_tokens.dtype)  # activations run in the embedding's dtype
     # The LM head reads the (tied) embedding as a matmul weight; a packed copy costs vocab x hidden.
     head = model.embed_tokens if model.lm_head is None else model.lm_head
     model.head_weight = kernels.prepack_linear_weight(head.data)
