@@ -100,6 +100,8 @@ def test_poisson_arrivals_follow_the_request_rate():
     ({"url": "localhost:8000"}, "--url must start with http"),
     ({"run_engine": False}, "nothing to run"),
     ({"run_engine": False, "compare_prefix_caching": True, "baselines": "hf-static"}, "needs the in-process"),
+    ({"compare_quantization": "int8,fp4"}, "--compare-quantization takes int8, awq, rtn4, got 'fp4'"),
+    ({"run_engine": False, "compare_quantization": "int8", "baselines": "hf-static"}, "needs the in-process"),
 ])
 def test_bench_options_reject_bad_values(overrides, message):
     if message is None:
@@ -138,11 +140,12 @@ def test_engine_and_hf_baselines_produce_every_drawn_token(tiny_model, tmp_path)
     out = tmp_path / "bench.json"
     # Staggered arrivals: requests admitted in the same step as the first one cannot hit its prefix yet.
     opts = options(baselines="hf-sequential,hf-static", json_path=str(out), shared_prefix_len=16,
-                   compare_prefix_caching=True, request_rate="20")
+                   compare_prefix_caching=True, request_rate="20", compare_quantization="int8")
     report = run_bench(opts, EngineConfig(model=str(tiny_model), dtype="float32"), console=quiet())
     data = json.loads(out.read_text())
     drawn = [r.output_len for r in report.workload]
-    check_json(data, ["hf-sequential", "hf-static", "llmctl", "llmctl-no-prefix-cache"], drawn)
+    check_json(data, ["hf-sequential", "hf-static", "llmctl", "llmctl-no-prefix-cache", "llmctl-int8"], drawn)
+    assert data["reference"] == "hf-sequential" and data["runs"][0]["x_reference"] == 1.0
     assert data["dtype"] == "float32"
     engine_runs = {run["name"]: run for run in data["runs"][2:]}
     for run in engine_runs.values():

@@ -88,6 +88,8 @@ class BenchOptions:
     hf_batch_size: int = 16
     url: str | None = None
     compare_prefix_caching: bool = False
+    compare_quantization: tuple[str, ...] = ()
+    """Weight formats (int8, awq, rtn4) run as extra engine targets llmctl-<format> beside the float one."""
     run_engine: bool = True
     json_path: str | None = None
 
@@ -112,6 +114,13 @@ class BenchOptions:
             raise ValueError(f"--url must start with http:// or https://, got {self.url!r}")
         if self.compare_prefix_caching and not self.run_engine:
             raise ValueError("--compare-prefix-caching needs the in-process engine (no --no-engine/--url)")
+        if self.compare_quantization and not self.run_engine:
+            raise ValueError("--compare-quantization needs the in-process engine (no --no-engine/--url)")
+        from llmctl.agent.engine.config import QUANTIZATIONS
+
+        bad = [q for q in self.compare_quantization if q not in QUANTIZATIONS]
+        if bad:
+            raise ValueError(f"--compare-quantization takes {', '.join(QUANTIZATIONS)}, got {bad[0]!r}")
         if not (self.run_engine or self.baselines or self.url):
             raise ValueError("nothing to run: keep the engine, or give --baselines or --url")
 
@@ -120,6 +129,7 @@ class BenchOptions:
         cls, *, requests: int, input_len: str, output_len: str, shared_prefix_len: int, request_rate: str,
         seed: int, baselines: str, hf_batch_size: int, url: str | None, compare_prefix_caching: bool,
         run_engine: bool, json_path: str | None, workload: dict[str, Any] | None = None,
+        compare_quantization: str = "",
     ) -> BenchOptions:
         """Parse the CLI's strings. With --url the in-process engine stays off: --model then only names the
         tokenizer (and the baselines' weights), so no local engine competes with the server. `workload` (a
@@ -147,6 +157,7 @@ class BenchOptions:
             baselines=tuple(name.strip() for name in baselines.split(",") if name.strip()),
             hf_batch_size=hf_batch_size, url=url.rstrip("/") if url else None,
             compare_prefix_caching=compare_prefix_caching, run_engine=run_engine and url is None,
+            compare_quantization=tuple(q.strip() for q in compare_quantization.split(",") if q.strip()),
             json_path=json_path,
         )
 
@@ -570,6 +581,7 @@ def run_bench(options: BenchOptions, config=None, console=None) -> BenchReport:
                     ("llmctl", config.replace(enable_prefix_caching=True)),
                     ("llmctl-no-prefix-cache", config.replace(enable_prefix_caching=False)),
                 ]
+            variants += [(f"llmctl-{q}", config.replace(quantization=q)) for q in options.compare_quantization]
             for name, cfg in variants:
                 runs.append(asyncio.run(run_engine_target(name, cfg, workload, warmup, advancer(name))))
                 free_memory()

@@ -214,6 +214,9 @@ def bench(
     baselines: Annotated[str, typer.Option("--baselines", help="hf-sequential,hf-static,vllm (vllm: `make peers` first)")] = "",
     hf_batch_size: Annotated[int, typer.Option("--hf-batch-size")] = 16,
     compare_prefix_caching: Annotated[bool, typer.Option("--compare-prefix-caching")] = False,
+    compare_quantization: Annotated[str, typer.Option(
+        "--compare-quantization", metavar="LIST",
+        help="Also run the engine with these weight formats (int8,awq,rtn4), as llmctl-<format> rows")] = "",
     no_engine: Annotated[bool, typer.Option("--no-engine", help="Run only the baselines")] = False,
     json_path: Annotated[str | None, typer.Option("--json", help="Write results as JSON")] = None,
     dtype: Dtype = "auto",
@@ -241,6 +244,7 @@ def bench(
             shared_prefix_len=shared_prefix_len, request_rate=request_rate, seed=seed,
             baselines=baselines, hf_batch_size=hf_batch_size, url=url,
             compare_prefix_caching=compare_prefix_caching, run_engine=not no_engine,
+            compare_quantization=compare_quantization,
             json_path=json_path, workload=read_workload_file(workload) if workload is not None else None,
         )
         config = None
