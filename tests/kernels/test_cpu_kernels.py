@@ -64,6 +64,10 @@ def test_silu_and_mul_matches_reference(dtype, poisoned):  # noqa: F811
     assert_rel_close(cpu.silu_and_mul(gate_up), reference.silu_and_mul(gate_up.double()), TOL[dtype])
 
 
+# The kernels take a KV head's query heads in blocks of four rows, then one block of the 1-3 left over.
+DECODE_SHAPES = {**DECODE_SHAPES, "gqa2": (16, 64, 6, 3, [3, 40, 77]), "gqa6": (32, 128, 12, 2, [64, 9])}
+
+
 @pytest.mark.parametrize("shape", DECODE_SHAPES.values(), ids=DECODE_SHAPES.keys())
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 def test_paged_decode_matches_reference(dtype, shape, poisoned):  # noqa: F811

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -346,9 +347,16 @@ void attend_rows(const PagedKV<T>& kv, int64_t kvh, const float* q, int64_t rows
     for (; r + 4 <= rows; r += 4)
       chunk_rows<D, 4>(q + r * d, kt.data(), vf.data(), n, start, visible + r, scale, m.data() + r,
                        l.data() + r, out + r * d, d);
-    for (; r < rows; ++r)
-      chunk_rows<D, 1>(q + r * d, kt.data(), vf.data(), n, start, visible + r, scale, m.data() + r,
+    // The rest (decode: the 1-3 query heads of a KV head) in one block, for as many chains as there are rows.
+    const int64_t rest = rows - r;
+    auto tail = [&](auto block) {
+      constexpr int R = decltype(block)::value;
+      chunk_rows<D, R>(q + r * d, kt.data(), vf.data(), n, start, visible + r, scale, m.data() + r,
                        l.data() + r, out + r * d, d);
+    };
+    if (rest == 3) tail(std::integral_constant<int, 3>{});
+    else if (rest == 2) tail(std::integral_constant<int, 2>{});
+    else if (rest == 1) tail(std::integral_constant<int, 1>{});
   }
   for (int64_t r = 0; r < rows; ++r) {
     const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
@@ -442,9 +450,15 @@ void attend_rows_bf16(const PagedKV<c10::BFloat16>& kv, int64_t kvh, const float
     for (; r + 4 <= rows; r += 4)
       chunk_rows_bf16<D, 4>(qw.data() + r * P, kw.data(), vw.data(), n, start, visible + r, scale, m.data() + r,
                             l.data() + r, out + r * D);
-    for (; r < rows; ++r)
-      chunk_rows_bf16<D, 1>(qw.data() + r * P, kw.data(), vw.data(), n, start, visible + r, scale, m.data() + r,
+    const int64_t rest = rows - r;
+    auto tail = [&](auto block) {
+      constexpr int R = decltype(block)::value;
+      chunk_rows_bf16<D, R>(qw.data() + r * P, kw.data(), vw.data(), n, start, visible + r, scale, m.data() + r,
                             l.data() + r, out + r * D);
+    };
+    if (rest == 3) tail(std::integral_constant<int, 3>{});
+    else if (rest == 2) tail(std::integral_constant<int, 2>{});
+    else if (rest == 1) tail(std::integral_constant<int, 1>{});
   }
   for (int64_t r = 0; r < rows; ++r) {
     const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
