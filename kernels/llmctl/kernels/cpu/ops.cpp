@@ -33,12 +33,16 @@ inline float bf16_to_float(uint16_t bits) {
   return f;
 }
 
+// Round to nearest even; a NaN stays NaN. A select, not a branch, so loops of it vectorise.
+inline uint32_t round_bf16_bits(uint32_t u) {
+  const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
+  return ((u & 0x7fffffffu) > 0x7f800000u ? (u | 0x400000u) : rounded) & 0xffff0000u;
+}
+
 inline uint16_t float_to_bf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN stays NaN
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-  return static_cast<uint16_t>(u >> 16);
+  return static_cast<uint16_t>(round_bf16_bits(u) >> 16);
 }
 
 template <typename T>
@@ -75,10 +79,15 @@ struct Io<c10::Half> {
 // Round a fp32 row through T and back (the reference rounds intermediate results to the tensor's dtype).
 template <typename T>
 inline void round_through(float* row, int64_t n) {
-  if constexpr (!std::is_same_v<T, float>) {
-    std::vector<T> tmp(n);
-    Io<T>::store(row, tmp.data(), n);
-    Io<T>::load(tmp.data(), row, n);
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t u;
+      std::memcpy(&u, row + i, sizeof(u));
+      u = round_bf16_bits(u);
+      std::memcpy(row + i, &u, sizeof(u));
+    }
+  } else if constexpr (std::is_same_v<T, c10::Half>) {
+    for (int64_t i = 0; i < n; ++i) row[i] = static_cast<float>(static_cast<c10::Half>(row[i]));
   }
 }
 
@@ -465,6 +474,155 @@ void attend_rows_bf16(const PagedKV<c10::BFloat16>& kv, int64_t kvh, const float
     for (int i = 0; i < D; ++i) out[r * D + i] *= inv;
   }
 }
+// -- decode attention on AVX512-BF16 ---------------------------------------------------------------
+// One query token per sequence: a KV head's 1-8 query heads attend its context, read straight from the pool
+// rows, without the per-chunk rearranging attend_rows_bf16 does (which prefill amortises over 96+ rows and
+// decode over 3). Per 16 keys: each row's 16 partial score vectors (vdpbf16ps of the query and a key row) are
+// summed by a shuffle tree into one vector of 16 scores, in a fixed key order; the values of two keys
+// are interleaved by unpacklo/hi_epi16 so that one vdpbf16ps adds both keys' weighted values into 16 dims,
+// in a fixed dim order undone once at the end.
+
+// Lane k of the result holds the sum of input vector DecodePerm::key[k] (0, 4, 8, 12, 1, 5, ...: block b of the
+// result sums inputs b, b+4, b+8, b+12), worked out once by decode_perm().
+inline __m512 sum16(const __m512* p) {
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_ps(_mm512_unpacklo_ps(b[2 * i], b[2 * i + 1]), _mm512_unpackhi_ps(b[2 * i], b[2 * i + 1]));
+  return _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x44), _mm512_shuffle_ps(c[0], c[1], 0xEE));
+}
+
+// exp_nonpositive on 16 lanes.
+inline __m512 exp_nonpositive16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.3888889e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3333333e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1666667e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666667e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+struct DecodePerm {
+  int key[16];        // lane -> key
+  __m512i lane_of;    // key -> lane, for _mm512_permutexvar_ps
+  __mmask16 first[17];  // lanes whose key is < n
+};
+
+inline const DecodePerm& decode_perm() {
+  static const DecodePerm perm = [] {
+    DecodePerm p{};
+    __m512 in[16];
+    for (int j = 0; j < 16; ++j) in[j] = _mm512_set1_ps(static_cast<float>(j));
+    float out[16];
+    _mm512_storeu_ps(out, sum16(in));
+    int lane_of[16];
+    for (int k = 0; k < 16; ++k) {
+      p.key[k] = static_cast<int>(out[k] / 16.f + 0.5f);
+      lane_of[p.key[k]] = k;
+    }
+    p.lane_of = _mm512_loadu_si512(lane_of);
+    for (int n = 0; n <= 16; ++n) {
+      p.first[n] = 0;
+      for (int k = 0; k < 16; ++k)
+        if (p.key[k] < n) p.first[n] = static_cast<__mmask16>(p.first[n] | (1u << k));
+    }
+    return p;
+  }();
+  return perm;
+}
+
+template <int D>
+void decode_bf16(const PagedKV<c10::BFloat16>& kv, int64_t kvh, const c10::BFloat16* q, int64_t rows,
+                 int64_t length, float scale, c10::BFloat16* out) {
+  constexpr int H = D / 32;  // 32-dim blocks of a row (one zmm of bf16 each)
+  constexpr int G = 8;       // most query heads per KV head this kernel takes
+  const DecodePerm& perm = decode_perm();
+  __m512bh qv[G][H];
+  for (int64_t r = 0; r < rows; ++r)
+    for (int h = 0; h < H; ++h) qv[r][h] = (__m512bh)_mm512_loadu_si512(q + r * D + 32 * h);
+  float m[G], l[G];
+  __m512 acc[G][2 * H];
+  for (int64_t r = 0; r < rows; ++r) {
+    m[r] = -std::numeric_limits<float>::infinity();
+    l[r] = 0.f;
+    for (int c = 0; c < 2 * H; ++c) acc[r][c] = _mm512_setzero_ps();
+  }
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t start = 0; start < length; start += 16) {
+    const int n = static_cast<int>(std::min<int64_t>(16, length - start));
+    const c10::BFloat16* krow[16];
+    const c10::BFloat16* vrow[16];
+    for (int j = 0; j < 16; ++j) {
+      krow[j] = j < n ? kv.k + kv.row(start + j, kvh) : nullptr;
+      vrow[j] = j < n ? kv.v + kv.row(start + j, kvh) : nullptr;
+    }
+    uint32_t wpair[G][8];
+    float correction[G];
+    for (int64_t r = 0; r < rows; ++r) {
+      __m512 part[16];
+      for (int j = 0; j < 16; ++j) {
+        __m512 s = _mm512_setzero_ps();
+        if (j < n)
+          for (int h = 0; h < H; ++h)
+            s = _mm512_dpbf16_ps(s, qv[r][h], (__m512bh)_mm512_loadu_si512(krow[j] + 32 * h));
+        part[j] = s;
+      }
+      const __mmask16 valid = perm.first[n];
+      const __m512 scores = _mm512_mul_ps(sum16(part), _mm512_set1_ps(scale));
+      const float new_m = std::max(m[r], _mm512_mask_reduce_max_ps(valid, scores));
+      const __m512 e = _mm512_maskz_mov_ps(valid, exp_nonpositive16(_mm512_sub_ps(scores, _mm512_set1_ps(new_m))));
+      correction[r] = exp_nonpositive(m[r] - new_m);
+      l[r] = l[r] * correction[r] + _mm512_reduce_add_ps(e);
+      m[r] = new_m;
+      // Weights in key order, as bf16 (round to nearest even): word t holds keys 2t and 2t+1.
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(wpair[r]),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_permutexvar_ps(perm.lane_of, e)));
+      for (int c = 0; c < 2 * H; ++c) acc[r][c] = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(correction[r]));
+    }
+    for (int t = 0; t < (n + 1) / 2; ++t) {
+      for (int h = 0; h < H; ++h) {
+        const __m512i a = _mm512_loadu_si512(vrow[2 * t] + 32 * h);
+        const __m512i b = 2 * t + 1 < n ? _mm512_loadu_si512(vrow[2 * t + 1] + 32 * h) : zero;
+        const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(a, b), hi = (__m512bh)_mm512_unpackhi_epi16(a, b);
+        for (int64_t r = 0; r < rows; ++r) {
+          const __m512bh pp = (__m512bh)_mm512_set1_epi32(static_cast<int>(wpair[r][t]));
+          acc[r][2 * h] = _mm512_dpbf16_ps(acc[r][2 * h], pp, lo);
+          acc[r][2 * h + 1] = _mm512_dpbf16_ps(acc[r][2 * h + 1], pp, hi);
+        }
+      }
+    }
+  }
+  // unpacklo/hi interleave within 128-bit lanes: fp32 lane 4L+i of the lo half is dim 8L+i of its 32-dim block,
+  // of the hi half dim 8L+4+i.
+  for (int64_t r = 0; r < rows; ++r) {
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    float res[D];
+    for (int h = 0; h < H; ++h) {
+      float lo[16], hi[16];
+      _mm512_storeu_ps(lo, acc[r][2 * h]);
+      _mm512_storeu_ps(hi, acc[r][2 * h + 1]);
+      for (int k = 0; k < 16; ++k) {
+        res[32 * h + 8 * (k / 4) + k % 4] = lo[k] * inv;
+        res[32 * h + 8 * (k / 4) + 4 + k % 4] = hi[k] * inv;
+      }
+    }
+    Io<c10::BFloat16>::store(res, out + r * D, D);
+  }
+}
+
 #endif
 
 // The head dims models use get a compile-time D (the output row stays in registers); others run generic.
@@ -484,6 +642,23 @@ void attend(const PagedKV<T>& kv, int64_t kvh, const float* q, int64_t rows, con
   }
 }
 
+// The decode kernel above where it applies (bf16 pool, AVX512-BF16, up to 8 query heads per KV head, D 64 or
+// 128); false: the caller runs the general path.
+template <typename T>
+bool decode_fast(const PagedKV<T>&, int64_t, const T*, int64_t, int64_t, float, T*) {
+  return false;
+}
+
+#ifdef __AVX512BF16__
+template <>
+bool decode_fast(const PagedKV<c10::BFloat16>& kv, int64_t kvh, const c10::BFloat16* q, int64_t rows,
+                 int64_t length, float scale, c10::BFloat16* out) {
+  if (rows > 8 || (kv.d != 64 && kv.d != 128)) return false;
+  (kv.d == 64 ? decode_bf16<64> : decode_bf16<128>)(kv, kvh, q, rows, length, scale, out);
+  return true;
+}
+#endif
+
 // q [B, H, D] (one token per sequence); block_tables [B, W] int32; context_lens [B] int32 -> out [B, H, D].
 void paged_attention_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
@@ -502,6 +677,9 @@ void paged_attention_decode(const at::Tensor& q, const at::Tensor& k_cache, cons
         const int64_t seq = task / kvh, head = task % kvh;
         PagedKV<scalar_t> kv{k_cache.const_data_ptr<scalar_t>(), v_cache.const_data_ptr<scalar_t>(),
                              tables + seq * width, bs, kvh, d};
+        if (decode_fast(kv, head, qp + (seq * h + head * g) * d, g, lens[seq], static_cast<float>(scale),
+                        op + (seq * h + head * g) * d))
+          continue;
         Io<scalar_t>::load(qp + (seq * h + head * g) * d, qf.data(), g * d);
         std::fill(visible.begin(), visible.end(), static_cast<int64_t>(lens[seq]));
         attend<scalar_t>(kv, head, qf.data(), g, visible.data(), static_cast<float>(scale), acc.data());
