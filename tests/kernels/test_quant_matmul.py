@@ -315,7 +315,7 @@ def test_every_known_int4pack_layout_decodes_to_its_codes(layout):
     assert torch.equal(w.T, codes.float())
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 layouts only")
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="_LAYOUTS lists torch's x86 int4pack layouts (AVX512, AVX2, scalar); other CPUs pack their own way")
 def test_this_cpus_int4pack_layout_is_known():
     # If torch changes its layout, the probe finds none and large M falls back to the (slower) kernel.
     assert quant_cpu._int4pack_layout() in quant_cpu._LAYOUTS

@@ -51,13 +51,11 @@ CPU_OPS = ("rms_norm", "rotary_embedding", "silu_and_mul", "paged_attention_deco
 def _cpu_op(name: str):
     """The C++ kernel for CPU float tensors (attention: over an unquantized pool of q's dtype), the reference
     otherwise. The extension is built or loaded on the first call, not at import."""
-    import torch
-
     from llmctl.kernels import cpu
 
     ref = _reference_op(name)
     fast = getattr(cpu, name)
-    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    dtypes = cpu.DTYPES
 
     if name in ("paged_attention_decode", "prefill_attention"):
         @functools.wraps(ref)

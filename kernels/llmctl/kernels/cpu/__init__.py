@@ -27,6 +27,8 @@ SOURCE = Path(__file__).with_name("ops.cpp")
 # Fast math without assuming finite values: the kernels use -inf as the running max of an empty softmax.
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
           "-fassociative-math", "-freciprocal-math", "-fopenmp"]
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+"""Activation (and KV pool) dtypes the kernels take; anything else goes to the reference."""
 PREFILL_TILE = 32
 """Positions per prefill task: (positions x query heads of one KV head) rows share each K/V chunk read."""
 
@@ -74,15 +76,6 @@ def available() -> bool:
 
 def _ops():
     return torch.ops.llmctl_cpu
-
-
-def supports(*tensors: torch.Tensor) -> bool:
-    """The kernels take CPU float tensors of one dtype (fp32 / bf16 / fp16)."""
-    first = tensors[0]
-    return all(
-        t.device.type == "cpu" and t.dtype == first.dtype and t.dtype in (torch.float32, torch.bfloat16, torch.float16)
-        for t in tensors
-    )
 
 
 def rms_norm(
