@@ -4,9 +4,10 @@
                                             [--json FILE]
 
 For each layer shape and row count M: microseconds per call of the prepacked dense linear, of int8 and awq
-as the engine runs them (quant_cpu picks its path by M), and of each quantized format with its path forced
-(`kernel`: torch's weight-only kernel; `tiled`: dequantize a tile, dense GEMM), so the SMALL_M crossover in
-quant_cpu can be read off the table (bf16 only: for other dtypes quant_cpu always tiles). Ratios are dense
+as the engine runs them (bf16 on AVX512-BF16: llmctl's C++ kernel; elsewhere quant_cpu picks torch's path by
+M), and of each format on torch's paths with the path forced (`kernel`: torch's weight-only kernel; `tiled`:
+dequantize a tile, dense GEMM), so the SMALL_M crossover in quant_cpu can be read off the table (bf16 only:
+for other dtypes quant_cpu always tiles). Ratios are dense
 time / quantized time: above 1 is faster than the unquantized model in the same dtype.
 
 Cold by default: every call takes the next of enough weight copies to pass COLD_BYTES, so each weight comes
@@ -37,6 +38,7 @@ COLD_BYTES = 96 << 20  # 3x this CPU's 32 MiB L3
 ROUND_SECONDS = 0.04
 ROUNDS = 7
 VARIANTS = ("dense", "int8", "awq", "int8_kernel", "int8_tiled", "awq_kernel", "awq_tiled")
+FORMATS = ("dense", "int8", "awq", "int8_torch", "awq_torch")
 
 
 class forced_path:
@@ -56,25 +58,31 @@ class forced_path:
 
 
 def weights(k: int, n: int, copies: dict[str, int], dtype: torch.dtype) -> dict[str, list]:
-    """Per format, `copies[format]` independent runtime weights of one [N, K] layer."""
-    out = {"dense": [], "int8": [], "awq": []}
+    """Per format, `copies[format]` independent runtime weights of one [N, K] layer (`*_torch`: prepacked
+    for torch's kernels, as on a CPU without AVX512-BF16)."""
+    out = {f: [] for f in FORMATS}
     for _ in range(copies["dense"]):
         out["dense"].append(reference.prepack_linear_weight(torch.randn(n, k, dtype=dtype) * 0.02))
-    for _ in range(copies["int8"]):
-        w8, s = quant_reference.quantize_int8_per_channel(torch.randn(n, k))
-        out["int8"].append(quant_cpu.prepack_w8a16(w8, s, dtype))
     q = torch.randint(0, 16, (k, n))
     z = torch.randint(0, 16, (k // GROUP, n))
     qweight, qzeros = quant_reference.pack_awq(q, z)
     scales = (torch.rand(k // GROUP, n) * 0.02 + 0.002).half()
-    for _ in range(copies["awq"]):
-        packed, sz = quant_cpu.prepack_awq(qweight, qzeros, scales, GROUP, dtype)
-        out["awq"].append((packed, sz))
+    for suffix, own_kernel in (("", True), ("_torch", False)):
+        quant_cpu.CPU_KERNEL = own_kernel
+        try:
+            for _ in range(copies["int8"]):
+                w8, s = quant_reference.quantize_int8_per_channel(torch.randn(n, k))
+                out["int8" + suffix].append(quant_cpu.prepack_w8a16(w8, s, dtype))
+            for _ in range(copies["awq"]):
+                out["awq" + suffix].append(quant_cpu.prepack_awq(qweight, qzeros, scales, GROUP, dtype))
+        finally:
+            quant_cpu.CPU_KERNEL = True
     return out
 
 
 def copies_for(k: int, n: int, hot: bool, dtype: torch.dtype) -> dict[str, int]:
     per_copy = {"dense": dtype.itemsize * k * n, "int8": k * n, "awq": k * n // 2}
+    per_copy |= {"int8_torch": per_copy["int8"], "awq_torch": per_copy["awq"]}
     return {f: 1 if hot else -(-COLD_BYTES // b) for f, b in per_copy.items()}
 
 
@@ -91,8 +99,8 @@ def callables(x: torch.Tensor, ws: dict[str, list]) -> dict[str, tuple[object, l
 
     return {
         "dense": (dense, ws["dense"]), "int8": (int8, ws["int8"]), "awq": (awq, ws["awq"]),
-        "int8_kernel": (int8, ws["int8"]), "int8_tiled": (int8, ws["int8"]),
-        "awq_kernel": (awq, ws["awq"]), "awq_tiled": (awq, ws["awq"]),
+        "int8_kernel": (int8, ws["int8_torch"]), "int8_tiled": (int8, ws["int8_torch"]),
+        "awq_kernel": (awq, ws["awq_torch"]), "awq_tiled": (awq, ws["awq_torch"]),
     }
 
 

@@ -2,6 +2,10 @@
 split into linears, attention (KV writes included), norms, rotary, activation, the LM head, the rest of the
 forward (embedding, Python between the ops), sampling, step metadata, scheduling and the update.
 
+Each step is measured twice: op by op (the model's decoder_plan off, so every kernel call is timed) and as
+the engine serves it, with all decoder layers in one C++ call (kernels.decoder_layers, "fused layers": the
+same kernels without the Python between them) where the model has a plan.
+
     python benchmarks/profile_step.py [--model smollm2-135m] [--dtype bfloat16] [--threads 2] [--json FILE]
 
 Every kernel the model reaches through llmctl.kernels is wrapped with a timer (CPU ops are synchronous, so a
@@ -35,9 +39,10 @@ KERNEL_CATEGORY = {
     "write_kv": "attention",
     "paged_attention_decode": "attention",
     "prefill_attention": "attention",
+    "decoder_layers": "fused layers",
 }
-ORDER = ("linears", "lm head", "attention", "norms", "rotary", "activation", "forward glue", "sampling",
-         "metadata", "scheduling", "update")
+ORDER = ("fused layers", "linears", "lm head", "attention", "norms", "rotary", "activation", "forward glue",
+         "sampling", "metadata", "scheduling", "update")
 
 
 class Clock:
@@ -108,15 +113,15 @@ def summarize(name: str, per_step: list[dict], walls: list[float], tokens: int) 
 
 
 def print_table(results: list[dict]) -> None:
-    header = f"{'':<14}" + "".join(f"{r['name']:>22}" for r in results)
+    header = f"{'':<14}" + "".join(f"{r['name']:>26}" for r in results)
     print(header)
     for c in (*ORDER, "other"):
         row = f"{c:<14}"
         for r in results:
             ms = r["ms"][c]
-            row += f"{ms:>12.2f} ms {100 * ms / r['step_ms']:>5.1f}%"
+            row += f"{ms:>16.2f} ms {100 * ms / r['step_ms']:>5.1f}%"
         print(row)
-    print(f"{'step':<14}" + "".join(f"{r['step_ms']:>12.2f} ms {'':>6}" for r in results))
+    print(f"{'step':<14}" + "".join(f"{r['step_ms']:>16.2f} ms {'':>6}" for r in results))
 
 
 def main() -> None:
@@ -146,29 +151,38 @@ def main() -> None:
     vocab = engine.info.vocab_size
     results = []
 
-    # Decode: `batch` sequences of 40-token prompts, measured once every prompt is in and 24 tokens are out.
-    params = SamplingParams(temperature=0.0, max_tokens=24 + args.steps + 8, ignore_eos=True)
-    for i in range(args.batch):
-        engine.add_request(f"d{i}", [rng.randrange(100, vocab) for _ in range(40)], params)
-    for _ in range(24):
-        engine.step()
-    per_step, walls = measure(engine, clock, args.steps)
-    results.append(summarize(f"decode b={args.batch}", per_step, walls, args.batch))
-    while engine.has_unfinished():
-        engine.step()
+    model = engine.runner.model
+    plan = model.decoder_plan
+    modes = [("op by op", None)] + ([("fused", plan)] if plan is not None else [])
 
-    # Prefill: four 512-token prompts fill one 2048-token step.
-    per_step, walls = [], []
-    for rep in range(max(3, args.steps // 4)):
-        params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
-        for i in range(4):
-            engine.add_request(f"p{rep}-{i}", [rng.randrange(100, vocab) for _ in range(512)], params)
-        s, w = measure(engine, clock, 1)
-        per_step += s
-        walls += w
+    # Decode: `batch` sequences of 40-token prompts, measured once every prompt is in and 24 tokens are out.
+    for mode, mode_plan in modes:
+        model.decoder_plan = mode_plan
+        params = SamplingParams(temperature=0.0, max_tokens=24 + args.steps + 8, ignore_eos=True)
+        for i in range(args.batch):
+            engine.add_request(f"d{mode}{i}", [rng.randrange(100, vocab) for _ in range(40)], params)
+        for _ in range(24):
+            engine.step()
+        per_step, walls = measure(engine, clock, args.steps)
+        results.append(summarize(f"decode b={args.batch} {mode}", per_step, walls, args.batch))
         while engine.has_unfinished():
             engine.step()
-    results.append(summarize("prefill 4x512", per_step[1:], walls[1:], 2048))
+
+    # Prefill: four 512-token prompts fill one 2048-token step.
+    for mode, mode_plan in modes:
+        model.decoder_plan = mode_plan
+        per_step, walls = [], []
+        for rep in range(max(3, args.steps // 4)):
+            params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+            for i in range(4):
+                engine.add_request(f"p{mode}{rep}-{i}", [rng.randrange(100, vocab) for _ in range(512)], params)
+            s, w = measure(engine, clock, 1)
+            per_step += s
+            walls += w
+            while engine.has_unfinished():
+                engine.step()
+        results.append(summarize(f"prefill 4x512 {mode}", per_step[1:], walls[1:], 2048))
+    model.decoder_plan = plan
 
     print(f"{args.model} {args.dtype}, {args.threads} threads, median of the measured steps")
     print_table(results)

@@ -13,6 +13,7 @@ from llmctl.agent.engine.config import EngineConfig
 from llmctl.agent.engine.engine import LLMEngine
 from llmctl.agent.engine.errors import InvalidRequest, UnsupportedModel
 from llmctl.agent.engine.models.linear import AWQLinear, DenseLinear, Int8Linear
+from llmctl.kernels import quant_cpu
 from llmctl.agent.engine.quantization import QuantSpec, awq, resolve_spec
 from llmctl.agent.engine.quantization.checkpoint import quantize_to_folder
 from llmctl.agent.engine.quantization.int8 import int8_linear
@@ -206,6 +207,23 @@ def test_quantize_cli_writes_a_folder_that_generate_serves(tiny_llama, tmp_path)
     assert result.exit_code == 2 and "int8, awq, rtn4" in result.output
 
 
+def _llmctl_codes(packed: torch.Tensor) -> torch.Tensor:
+    """kernels.cpu.pack_int4's layout [N/16, K/2, 16] -> codes [N, K]."""
+    blocks, pairs, _ = packed.shape
+    both = torch.cat([packed & 15, packed >> 4], dim=-1).view(blocks, pairs, 16, 2)
+    return both.permute(0, 2, 1, 3).reshape(blocks * 16, pairs * 2)
+
+
+def _int4pack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """torch's int4pack layout [N, K/2] -> codes [N, K], decoded as quant_cpu's tiled path does."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    codes = torch.empty(k, n)
+    ones = torch.ones(1, n)
+    for data, lanes, c0, c1 in quant_cpu._int4_tiles(packed, quant_cpu._int4pack_layout(), n):
+        codes[:, c0:c1] = quant_cpu._dequantize_int4_tile(data, lanes, ones[:, c0:c1], 8 * ones[:, c0:c1], k)
+    return codes.T.to(torch.uint8)
+
+
 def test_quantizing_at_load_in_bfloat16_rounds_in_float32_and_serves_in_bfloat16(tiny_llama):
     def load(dtype):
         return LLMEngine(EngineConfig(model=str(tiny_llama), dtype=dtype, num_kv_blocks=64, quantization="awq"))
@@ -213,10 +231,15 @@ def test_quantizing_at_load_in_bfloat16_rounds_in_float32_and_serves_in_bfloat16
     bf16, fp32 = load("bfloat16"), load("float32")
     for a, b in zip(bf16.runner.model.layers, fp32.runner.model.layers, strict=True):
         for qa, qb in ((a.self_attn.qkv_proj, b.self_attn.qkv_proj), (a.mlp.down_proj, b.mlp.down_proj)):
-            # Served on CPU, so prepacked: the same 4-bit codes, the same fp32-exact scales and zeros
-            # rounded to each engine's activation dtype.
-            assert torch.equal(qa.packed_weight, qb.packed_weight)
-            assert torch.equal(qa.scales_and_zeros, qb.scales_and_zeros.to(torch.bfloat16))
+            # Served on CPU, so prepacked: the same 4-bit codes, the same fp32-exact scales and zeros.
+            if qa.packed_weight.dim() == 3:  # bf16 on AVX512-BF16: llmctl's layout, AWQ's fp16 scales and zeros
+                s, zero = qb.scales_and_zeros.unbind(-1)  # torch's layout: zero = (8 - z) * s, exact in fp32
+                assert torch.equal(qa.scales_and_zeros[0].float(), s)
+                assert torch.equal(qa.scales_and_zeros[1].float(), 8 - zero / s)
+                assert torch.equal(_llmctl_codes(qa.packed_weight), _int4pack_codes(qb.packed_weight))
+            else:
+                assert torch.equal(qa.packed_weight, qb.packed_weight)
+                assert torch.equal(qa.scales_and_zeros, qb.scales_and_zeros.to(torch.bfloat16))
         assert a.input_layernorm.dtype == torch.bfloat16
     assert bf16.runner.model.embed_tokens.dtype == torch.bfloat16
     assert greedy(bf16, ["hello world"], 4)[0]
@@ -252,7 +275,8 @@ def test_prepacked_layers_match_the_reference_at_every_batch_size(method, k, n, 
 
     ref_layer, packed = (to_dtype(layer, dtype) for layer in quantized_pair(method, k, n, bias))
     packed.prepack(dtype)
-    # bf16: M = 1 and 4 take torch's kernels, 33 int8's tiled path, 130 both tiled paths; fp32 always tiles.
+    # bf16: llmctl's kernel (AVX512-BF16; else M = 1 and 4 take torch's kernels, 33 int8's tiled path, 130
+    # both tiled paths); fp32 always tiles.
     for m in (1, 4, 33, 130):
         x = torch.randn(m, k, dtype=dtype)
         got = packed(x)
@@ -260,13 +284,22 @@ def test_prepacked_layers_match_the_reference_at_every_batch_size(method, k, n, 
         assert_close(got, ref_layer(x), PREPACK_TOL[dtype], f"{method} M={m}")
 
 
+def llmctl_kernel() -> bool:
+    """Whether bf16 layers prepack for llmctl's own quantized kernel here (AVX512-BF16)."""
+    from llmctl.kernels import cpu
+
+    return quant_cpu.CPU_KERNEL and cpu.quant_linear_available()
+
+
 def test_prepack_replaces_the_stored_awq_tensors_and_refuses_to_save_them():
     ref_layer, packed = quantized_pair("awq", 576, 960, bias=False)
     stored_bytes = packed.weight_bytes()
     packed.prepack(torch.bfloat16)
     assert packed.qweight is None and packed.qzeros is None and packed.scales is None
-    assert packed.packed_weight.dtype == torch.uint8 and packed.packed_weight.shape == (960, 288)
-    # No second copy: 0.5 byte per weight plus a bf16 (scale, zero) per group and output.
+    assert packed.packed_weight.dtype == torch.uint8
+    # No second copy: 0.5 byte per weight plus a 2-byte (scale, zero) per group and output (llmctl's layout:
+    # blocks of 16 outputs, AWQ's fp16 scales and zeros; torch's: [out, in/2], bf16 scales and zeros).
+    assert packed.packed_weight.shape == ((960 // 16, 288, 16) if llmctl_kernel() else (960, 288))
     assert packed.weight_bytes() == 960 * 288 + (576 // 64) * 960 * 2 * 2
     assert packed.weight_bytes() < 1.1 * stored_bytes
     names = {name for name, _ in packed.named_buffers()}
@@ -279,6 +312,13 @@ def test_prepack_replaces_the_stored_awq_tensors_and_refuses_to_save_them():
 def test_prepack_keeps_the_stored_int8_tensors_and_what_state_dict_saves():
     ref_layer, packed = quantized_pair("int8", 576, 960, bias=True)
     packed.prepack(torch.bfloat16)
+    if llmctl_kernel():  # the weight reordered in place into 16-output blocks: no copy, and no saving it
+        assert packed.weight.dtype == torch.int8 and packed.weight.shape == (960 // 16, 288, 32)
+        assert packed.packed_scale.dtype == torch.float32 and packed.packed_scale.shape == (960,)
+        assert packed.weight_bytes() == ref_layer.weight_bytes() + 960 * 4
+        with pytest.raises(RuntimeError, match="save a quantized model before finalize"):
+            packed.state_dict()
+        return
     saved, stored = packed.state_dict(), ref_layer.state_dict()
     assert saved.keys() == stored.keys() == {"weight", "weight_scale", "bias"}
     assert all(torch.equal(saved[k], stored[k]) for k in stored)

@@ -13,7 +13,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from llmctl.kernels import quant_cpu  # noqa: E402
+from llmctl.kernels import cpu, quant_cpu  # noqa: E402
 from llmctl.kernels import quant_reference as ref  # noqa: E402
 from llmctl.kernels.triton import quant_matmul as tq  # noqa: E402
 from tests.kernels.closeness import assert_close as assert_rel_close  # noqa: E402
@@ -218,12 +218,15 @@ def test_triton_wrappers_reject_bad_arguments():
 # a wrong nibble, group or channel gives errors of order 1. Against the reference, fp32 needs 1e-3: the
 # reference rounds AWQ weights to the scales' float16 first (~2e-4), the CPU path does not.
 REF_TOL = {**TOL, torch.float32: 1e-3}
-CPU_PATHS = ("kernel", "tiled")
+# llmctl: prepack for llmctl's C++ kernel (bf16 on AVX512-BF16; elsewhere prepack falls back to torch's
+# layouts and the paths by M); kernel / tiled: torch's layouts, that path for every M.
+CPU_PATHS = ("llmctl", "kernel", "tiled")
 
 
 @pytest.fixture
 def cpu_path(request, monkeypatch):
     """Forces quant_cpu's path for every M; small tiles so the tiled path loops over several."""
+    monkeypatch.setattr(quant_cpu, "CPU_KERNEL", request.param == "llmctl")
     small = 1 << 30 if request.param == "kernel" else 0
     monkeypatch.setattr(quant_cpu, "SMALL_M_INT8", small)
     monkeypatch.setattr(quant_cpu, "SMALL_M_AWQ", small)
@@ -245,8 +248,13 @@ def test_cpu_awq_linear_matches_fp64_and_the_reference(m, k, n, group, dtype, cp
     x = torch.randn(2, m, k, dtype=dtype)  # leading dims are kept
     bias = torch.randn(n, dtype=dtype) if m % 2 else None
     packed, scales_and_zeros = quant_cpu.prepack_awq(qweight, qzeros, scales, group, dtype)
-    assert packed.dtype == torch.uint8 and packed.shape == (n, k // 2)
-    assert scales_and_zeros.dtype == dtype and scales_and_zeros.shape == (k // group, n, 2)
+    if packed.dim() == 3:  # llmctl's layout: blocks of 16 outputs x input pairs x 16 bytes; AWQ's fp16 s, z
+        assert cpu_path == "llmctl" and dtype == torch.bfloat16 and cpu.quant_linear_available()
+        assert packed.dtype == torch.uint8 and packed.shape == (n // 16, k // 2, 16)
+        assert scales_and_zeros.dtype == torch.float16 and scales_and_zeros.shape == (2, k // group, n)
+    else:
+        assert packed.dtype == torch.uint8 and packed.shape == (n, k // 2)
+        assert scales_and_zeros.dtype == dtype and scales_and_zeros.shape == (k // group, n, 2)
     out = quant_cpu.awq_linear(x, packed, scales_and_zeros, group, bias)
     assert out.dtype == dtype and out.shape == (2, m, n)
     expected = x.double() @ w64 + (bias.double() if bias is not None else 0)
@@ -267,7 +275,12 @@ def test_cpu_w8a16_linear_matches_fp64_and_the_reference(m, k, n, dtype, cpu_pat
     x = torch.randn(m, k, dtype=dtype)
     bias = torch.randn(n, dtype=dtype) if m % 2 else None
     weight, packed_scales = quant_cpu.prepack_w8a16(w_int8, scales, dtype)
-    assert torch.equal(weight, w_int8) and packed_scales.dtype == dtype
+    if weight.dim() == 3:  # llmctl's layout: blocks of 16 outputs x input pairs x 32 int8; fp32 scales
+        assert cpu_path == "llmctl" and dtype == torch.bfloat16 and n % 16 == 0
+        assert weight.shape == (n // 16, k // 2, 32) and torch.equal(cpu.pack_int8(w_int8, scales)[0], weight)
+        assert packed_scales.dtype == torch.float32
+    else:
+        assert torch.equal(weight, w_int8) and packed_scales.dtype == dtype
     out = quant_cpu.w8a16_linear(x, weight, packed_scales, bias)
     assert out.dtype == dtype and out.shape == (m, n)
     expected = x.double() @ (w_int8.double() * scales.double()[:, None]).T
@@ -276,8 +289,9 @@ def test_cpu_w8a16_linear_matches_fp64_and_the_reference(m, k, n, dtype, cpu_pat
     assert_rel_close(out, ref.w8a16_linear(x, w_int8, scales, bias), REF_TOL[dtype], "vs reference")
 
 
-def test_cpu_w8a16_copies_a_misaligned_weight_or_input_instead_of_faulting():
+def test_cpu_w8a16_copies_a_misaligned_weight_or_input_instead_of_faulting(monkeypatch):
     # torch's int8 kernel uses aligned vector loads; a tensor at an odd offset in a loaded file would fault.
+    monkeypatch.setattr(quant_cpu, "CPU_KERNEL", False)
     w_int8, scales = ref.quantize_int8_per_channel(torch.randn(64, 160))
     odd = torch.empty(64 * 160 + 1, dtype=torch.int8)[1:].view(64, 160).copy_(w_int8)
     weight, packed_scales = quant_cpu.prepack_w8a16(odd, scales, torch.bfloat16)
@@ -338,3 +352,41 @@ def test_cpu_layouts_refuse_shapes_and_dtypes_their_kernels_cannot_take():
     packed, scales_and_zeros = quant_cpu.prepack_awq(qweight, qzeros, scales, 64, torch.float32)
     with pytest.raises(ValueError, match="x must end"):
         quant_cpu.awq_linear(torch.randn(2, 64), packed, scales_and_zeros, 64)
+
+
+# llmctl's own kernel (kernels/cpu quant_linear): every row count of the direct path (M <= 4) and the
+# chunked one, an odd number of 16-column blocks (the last task holds one), inputs that are not a whole
+# number of 128-pair chunks nor of the direct path's 4-pair steps (int8), and groups of 8 to 128 inputs.
+QUANT_KERNEL_CASES = [(1, 576, 48, 64), (2, 170, 16, 0), (3, 264, 80, 8), (4, 1536, 32, 128), (5, 576, 48, 32),
+                      (13, 170, 48, 0), (40, 264, 16, 8)]
+
+
+@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's quantized linear needs AVX512-BF16")
+@pytest.mark.parametrize("m,k,n,group", QUANT_KERNEL_CASES)
+def test_llmctl_quant_linear_matches_fp64_at_every_row_count(m, k, n, group):
+    torch.manual_seed(m)
+    x = torch.randn(m, k, dtype=torch.bfloat16)
+    bias = torch.randn(n, dtype=torch.bfloat16)
+    if group == 0:
+        w_int8, scales = ref.quantize_int8_per_channel(torch.randn(n, k))
+        packed, packed_scales = cpu.pack_int8(w_int8, scales)
+        w64 = (w_int8.double() * scales.double()[:, None]).T
+    else:
+        qweight, qzeros, scales, w64 = random_awq(k, n, group, torch.float16)
+        codes, zeros = ref.unpack_awq(qweight, qzeros)
+        packed, packed_scales = cpu.pack_int4(codes.T, zeros, scales)
+    out = cpu.quant_linear(x, packed, packed_scales, group, bias)
+    expected = x.double() @ w64 + bias.double()
+    # Only the output's bf16 rounding (and, for 4-bit, the weights' once to bf16 past 4 rows) remains.
+    assert_rel_close(out, expected, 4e-3, f"quant_linear m={m} group={group}")
+    one_row = cpu.quant_linear(x[-1:], packed, packed_scales, group, bias)  # rows are independent
+    assert_rel_close(one_row, expected[-1:], 4e-3, "last row alone")
+
+
+def test_llmctl_quant_linear_rejects_activations_it_was_not_packed_for():
+    w_int8, scales = ref.quantize_int8_per_channel(torch.randn(32, 64))
+    packed, packed_scales = cpu.pack_int8(w_int8, scales)
+    with pytest.raises(ValueError, match="bfloat16"):
+        cpu.quant_linear(torch.randn(2, 64), packed, packed_scales)
+    with pytest.raises(ValueError, match="64"):
+        cpu.quant_linear(torch.randn(2, 32, dtype=torch.bfloat16), packed, packed_scales)

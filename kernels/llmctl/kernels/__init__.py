@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import os
 
-from llmctl.kernels import quant_cpu, quant_reference, reference
+import torch
+
+from llmctl.kernels import cpu, quant_cpu, quant_reference, reference
 
 BACKEND = os.environ.get("LLMCTL_KERNELS", "auto")
 if BACKEND not in ("auto", "reference", "triton"):
@@ -81,8 +83,6 @@ def _bind(name: str):
         return _reference_op(name)
     if BACKEND == "triton":
         return _triton_op(name)
-    import torch
-
     host = _cpu_op(name) if name in CPU_OPS else _reference_op(name)
     if not torch.cuda.is_available():  # no GPU in this process: skip the per-call device check entirely
         return host
@@ -112,9 +112,28 @@ prepack_awq = quant_cpu.prepack_awq
 awq_linear_packed = quant_cpu.awq_linear
 linear = reference.linear
 prepack_linear_weight = reference.prepack_linear_weight
+# Every decoder layer of a step in one C++ call, for models whose layers all fit it (see cpu.decoder_layers).
+DecoderPlan = cpu.DecoderPlan
+LinearArgs = cpu.LinearArgs
+LINEAR_ONEDNN, LINEAR_DENSE, LINEAR_INT8, LINEAR_INT4 = (
+    cpu.LINEAR_ONEDNN, cpu.LINEAR_DENSE, cpu.LINEAR_INT8, cpu.LINEAR_INT4
+)
+decoder_layers = cpu.decoder_layers
+CPU_DTYPES = cpu.DTYPES
+
+
+def decoder_layers_available(device: torch.device | str) -> bool:
+    """Whether a model on `device` may run its decoder layers through decoder_layers: CPU, the auto backend
+    (LLMCTL_KERNELS unset) and the C++ kernels built; LLMCTL_FUSED_LAYERS=0 turns it off."""
+    return (torch.device(device).type == "cpu" and BACKEND == "auto"
+            and os.environ.get("LLMCTL_FUSED_LAYERS", "1") != "0" and cpu.available())
 
 __all__ = [
     "BACKEND",
+    "DecoderPlan",
+    "LinearArgs",
+    "decoder_layers",
+    "decoder_layers_available",
     "linear",
     "paged_attention_decode",
     "prefill_attention",

@@ -1,4 +1,10 @@
-"""CPU weight-only quantized linears on torch's own kernels, in a runtime layout built once at load.
+"""CPU weight-only quantized linears, in a runtime layout built once at load.
+
+With bf16 activations on a CPU with AVX512-BF16 (where the C++ kernels build), prepack takes llmctl's own
+kernel (kernels/cpu/ops.cpp `quant_linear`, layouts there): 16-column blocks, dequantised a chunk at a time
+into the cache and multiplied with vdpbf16ps, so the weights are read once per call at 1 or 0.5 byte and the
+dequantisation is paid once per call, whatever the row count. Its packed weight is 3-D ([N/16, K/2, ...]),
+which is how the linears below tell it from torch's layouts. Everywhere else, torch's kernels:
 
 Runtime layouts (from `prepack_w8a16` / `prepack_awq`; the stored formats are in quant_reference):
     int8: the stored w_int8 [N, K] as it is, scales [N] in the activation dtype.
@@ -24,8 +30,11 @@ import functools
 
 import torch
 
+from llmctl.kernels import cpu
 from llmctl.kernels.quant_reference import check_awq, check_w8a16, unpack_awq
 
+# Prepack for llmctl's C++ kernel where it can take the layer (benchmarks turn it off to measure torch's).
+CPU_KERNEL = True
 # Rows up to which the torch kernels beat dequantize-a-tile + GEMM: the crossovers measured with
 # benchmarks/bench_quant_linear.py on SmolLM2's shapes (2 Zen4 cores, bf16, weights streamed from DRAM;
 # summed over a layer's four linears the paths tie near M = 16-24 for int8 and M = 128-256 for awq). Per
@@ -54,12 +63,20 @@ def w8a16_packable(in_features: int) -> bool:
     return in_features % INT8PACK_K_MULTIPLE == 0
 
 
+def _cpu_kernel_takes(dtype: torch.dtype, k: int, n: int, group_size: int | None = None) -> bool:
+    return (CPU_KERNEL and dtype == torch.bfloat16 and cpu.quant_packable(k, n, group_size)
+            and cpu.quant_linear_available())
+
+
 def prepack_w8a16(
     w_int8: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(w_int8 [N, K], scales [N]) -> the same int8 weight, aligned for the kernel's aligned vector loads
-    (a copy only when it sits at an odd offset, e.g. inside a loaded file), and scales in `dtype`."""
-    k, _ = check_w8a16(w_int8, scales)
+    """(w_int8 [N, K], scales [N]) -> llmctl's kernel layout (cpu.pack_int8) where it takes the layer; else
+    the same int8 weight, aligned for torch's kernel's aligned vector loads (a copy only when it sits at an
+    odd offset, e.g. inside a loaded file), and scales in `dtype`."""
+    k, n = check_w8a16(w_int8, scales)
+    if _cpu_kernel_takes(dtype, k, n):
+        return cpu.pack_int8(w_int8, scales)
     if not w8a16_packable(k):
         raise ValueError(
             f"in_features={k} is not a multiple of {INT8PACK_K_MULTIPLE}: torch's int8 kernel cannot take it"
@@ -73,8 +90,10 @@ def w8a16_linear(
     """x [..., K] @ (w_int8 [N, K] * scales[:, None]).T (+ bias) -> [..., N]; scales [N] in x's dtype.
 
     Memory traffic: 1 byte per weight; past SMALL_M_INT8 rows also a write and a read of each tile in x's
-    dtype, which stays in cache.
+    dtype, which stays in cache. A 3-D w_int8 is llmctl's packed layout (prepack_w8a16).
     """
+    if w_int8.dim() == 3:
+        return cpu.quant_linear(x, w_int8, scales, 0, bias)
     k, n = check_w8a16(w_int8, scales)
     x2 = _rows(x, k, scales)
     if x2.shape[0] <= SMALL_M_INT8 and x.dtype in KERNEL_DTYPES:
@@ -122,8 +141,13 @@ def awq_packable(in_features: int, out_features: int, group_size: int) -> bool:
 def prepack_awq(
     qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """AutoAWQ GEMM tensors -> (packed [N, K/2] uint8, scales_and_zeros [K/g, N, 2] in `dtype`)."""
+    """AutoAWQ GEMM tensors -> llmctl's kernel layout where it takes the layer (cpu.pack_int4: packed
+    [N/16, K/2, 16] uint8, scales_and_zeros [2, K/g, N] fp16: AWQ's scales, then its zeros); else torch's
+    (packed [N, K/2] uint8, scales_and_zeros [K/g, N, 2] in `dtype`)."""
     k, n = check_awq(qweight, qzeros, scales, group_size)
+    if _cpu_kernel_takes(dtype, k, n, group_size):
+        q, z = unpack_awq(qweight, qzeros)  # [K, N], [K/g, N]
+        return cpu.pack_int4(q.T, z, scales)
     if not awq_packable(k, n, group_size):
         raise ValueError(f"a {k}->{n} layer with group size {group_size} does not fit torch's int4pack")
     q, z = unpack_awq(qweight, qzeros)  # [K, N], [K/g, N] int32 in 0..15
@@ -142,8 +166,10 @@ def awq_linear(
     """x [..., K] @ w (+ bias) -> [..., N], w[k, n] = (q - 8) * scale + zero of k's group (see module doc).
 
     Memory traffic: 0.5 byte per weight plus 2 scalars per group and output; past SMALL_M_AWQ rows also the
-    tile's fp32 intermediates, which stay in cache.
+    tile's fp32 intermediates, which stay in cache. A 3-D `packed` is llmctl's layout (prepack_awq).
     """
+    if packed.dim() == 3:
+        return cpu.quant_linear(x, packed, scales_and_zeros, group_size, bias)
     n, k = packed.shape[0], packed.shape[1] * 2
     if scales_and_zeros.dim() != 3 or tuple(scales_and_zeros.shape) != (k // group_size, n, 2):
         raise ValueError(

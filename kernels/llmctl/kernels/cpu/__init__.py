@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -133,3 +134,124 @@ def prefill_attention(
         PREFILL_TILE, out,
     )
     return out
+
+
+# -- weight-only quantized linears (AVX512-BF16 only; see ops.cpp for the packed layouts) ----------------
+
+QUANT_BLOCK = 16
+"""Output columns per packed block: a layer's output width must be a multiple of it."""
+
+
+@functools.cache
+def quant_linear_available() -> bool:
+    """Whether this build has the bf16 quantized linear (the CPU has AVX512-BF16)."""
+    return available() and bool(_ops().quant_linear_available())
+
+
+def quant_packable(in_features: int, out_features: int, group_size: int | None = None) -> bool:
+    """Whether pack_int8 / pack_int4 take a layer of these widths (group_size: the 4-bit groups)."""
+    groups_ok = group_size is None or (group_size % 8 == 0 and in_features % group_size == 0)
+    return out_features % QUANT_BLOCK == 0 and in_features % 2 == 0 and groups_ok
+
+
+def _blocked(w: torch.Tensor) -> torch.Tensor:
+    """[N, K] -> [N/16, K/2, 32]: element 2j + t of row (b, p) is w[16b + j, 2p + t]."""
+    n, k = w.shape
+    return w.reshape(n // QUANT_BLOCK, QUANT_BLOCK, k // 2, 2).permute(0, 2, 1, 3).reshape(n // QUANT_BLOCK, k // 2, 32)
+
+
+def pack_int8(w_int8: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w_int8 [N, K], scales [N]) -> (packed [N/16, K/2, 32] int8, scales [N] fp32)."""
+    return _blocked(w_int8).contiguous(), scales.float().contiguous()
+
+
+def pack_int4(
+    codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AWQ as codes [N, K] and zeros, scales [K/g, N] (w = (code - zero) * scale) -> (packed [N/16, K/2, 16]
+    uint8, scales and zeros [2, K/g, N] fp16): AWQ's scales as stored, zeros exact."""
+    b = _blocked(codes.to(torch.uint8))
+    packed = (b[..., :16] | (b[..., 16:] << 4)).contiguous()
+    return packed, torch.stack([scales.to(torch.float16), zeros.to(torch.float16)])
+
+
+def quant_linear(
+    x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group_size: int = 0, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [..., K] bf16 @ the packed weight (pack_int8's with group_size 0, else pack_int4's) (+ bias) -> [..., N]
+    bf16."""
+    k = packed.shape[1] * 2
+    n = packed.shape[0] * QUANT_BLOCK
+    if x.dtype != torch.bfloat16 or x.shape[-1] != k:
+        raise ValueError(f"x must be bfloat16 [..., {k}], got {x.dtype} {tuple(x.shape)}")
+    x2 = x.reshape(-1, k).contiguous()
+    out = torch.empty(x2.shape[0], n, dtype=torch.bfloat16)
+    if bias is not None:
+        bias = bias.to(torch.bfloat16).contiguous()
+    _ops().quant_linear(x2, packed, scales, group_size, bias, out)
+    return out.view(*x.shape[:-1], n)
+
+
+# -- every decoder layer of a step in one call (ops.cpp decoder_layers) ----------------------------------
+
+LINEAR_ONEDNN, LINEAR_DENSE, LINEAR_INT8, LINEAR_INT4 = 0, 1, 2, 3
+"""How decoder_layers runs a linear: a oneDNN-packed dense weight, a plain one (F.linear), llmctl's int8 or
+4-bit layout (quant_linear)."""
+
+
+@dataclass
+class LinearArgs:
+    weight: torch.Tensor
+    scales: torch.Tensor | None
+    bias: torch.Tensor | None
+    kind: int
+    group_size: int = 0
+
+
+@dataclass
+class DecoderPlan:
+    """A Llama-family model's per-layer tensors, flattened once (at finalize) for decoder_layers: per layer
+    the input and post-attention norm weights, and the qkv, o, gate_up and down linears in that order."""
+
+    norms: list[torch.Tensor]
+    linears: list[LinearArgs]
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+    scale: float
+
+    def __post_init__(self) -> None:
+        if len(self.linears) != 2 * len(self.norms):
+            raise ValueError(f"{len(self.norms)} norms need {2 * len(self.norms)} linears, got {len(self.linears)}")
+        self._weights = [a.weight for a in self.linears]
+        self._scales = [a.scales for a in self.linears]
+        self._biases = [a.bias for a in self.linears]
+        self._kinds = [a.kind for a in self.linears]
+        self._groups = [a.group_size for a in self.linears]
+
+
+def decoder_layers(
+    x: torch.Tensor,
+    plan: DecoderPlan,
+    k_caches: list[torch.Tensor],
+    v_caches: list[torch.Tensor],
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    decode: DecodeMetadata | None,
+    prefill: PrefillMetadata | None,
+    num_decodes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder loop of LlamaModel.forward over x [T, hidden] (decode rows first): (x, residual) after the
+    last layer, the same values as running the layers op by op. Unquantized KV pools in x's dtype."""
+    return _ops().decoder_layers(
+        x.contiguous(), plan.norms, plan._weights, plan._scales, plan._biases, plan._kinds, plan._groups,
+        k_caches, v_caches, cos.contiguous(), sin.contiguous(), slot_mapping.long(),
+        decode.block_tables if decode is not None else None,
+        decode.context_lens if decode is not None else None,
+        prefill.block_tables if prefill is not None else None,
+        prefill.cu_seqlens_q if prefill is not None else None,
+        prefill.context_starts if prefill is not None else None,
+        num_decodes, plan.heads, plan.kv_heads, plan.head_dim, plan.eps, plan.scale, PREFILL_TILE,
+    )

@@ -37,6 +37,11 @@ class DenseLinear(nn.Module):
     def weight_bytes(self) -> int:
         return self.in_features * self.out_features * self.weight.element_size()
 
+    def fused_args(self) -> kernels.LinearArgs | None:
+        """This layer for kernels.decoder_layers (None: it cannot run there)."""
+        kind = kernels.LINEAR_ONEDNN if self.weight.is_mkldnn else kernels.LINEAR_DENSE
+        return kernels.LinearArgs(self.weight, None, self.bias, kind)
+
 
 def _packs_for_cpu(t: torch.Tensor) -> bool:
     """Whether prepack converts this layer: CPU tensors, unless LLMCTL_KERNELS forces a backend."""
@@ -52,7 +57,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.empty(out_features, dtype=torch.float32))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        # After prepack on CPU: weight_scale in the activation dtype [out] (what the CPU kernel reads).
+        # After prepack on CPU: the scales the CPU kernel reads [out] (torch's: in the activation dtype;
+        # llmctl's: fp32, with `weight` reordered into its blocked layout).
         self.register_buffer("packed_scale", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,10 +67,22 @@ class Int8Linear(nn.Module):
         return kernels.w8a16_linear(x, self.weight, self.weight_scale, self.bias)
 
     def prepack(self, dtype: torch.dtype) -> None:
-        """For `dtype` activations on CPU. The int8 [out, in] weight already is the CPU kernel's layout and
-        stays as stored; only the scales are added in `dtype` (out values, not a weight copy)."""
-        if _packs_for_cpu(self.weight) and kernels.w8a16_packable(self.in_features):
-            self.weight, self.packed_scale = kernels.prepack_w8a16(self.weight, self.weight_scale, dtype)
+        """For `dtype` activations on CPU. For torch's kernel the int8 [out, in] weight already is the layout
+        and stays as stored; only the scales are added in `dtype` (out values, not a weight copy). llmctl's
+        kernel (bf16 on AVX512-BF16) reorders the weight in place into blocks (a 3-D weight; no copy kept),
+        so, like a prepacked AWQ layer, the layer then refuses state_dict()."""
+        if not (_packs_for_cpu(self.weight) and kernels.w8a16_packable(self.in_features)) or self.weight.dim() == 3:
+            return
+        self.weight, self.packed_scale = kernels.prepack_w8a16(self.weight, self.weight_scale, dtype)
+        if self.weight.dim() == 3:
+            self.register_state_dict_pre_hook(_refuse_packed_state_dict)
+
+    def fused_args(self) -> kernels.LinearArgs | None:
+        """This layer for kernels.decoder_layers: only in llmctl's layout (prepacked, bf16 on AVX512-BF16)."""
+        if self.weight.dim() != 3:
+            return None
+        bias = None if self.bias is None else self.bias.to(torch.bfloat16).contiguous()
+        return kernels.LinearArgs(self.weight, self.packed_scale, bias, kernels.LINEAR_INT8)
 
     def weight_bytes(self) -> int:
         scale = self.packed_scale
@@ -92,7 +110,8 @@ class AWQLinear(nn.Module):
         self.register_buffer("scales", torch.empty(groups, out_features, dtype=torch.float16))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         # After prepack on CPU, in place of the three above: torch's int4pack layout, uint8 [out, in/2],
-        # and (scale, zero) per group and output [in/g, out, 2] in the activation dtype.
+        # and (scale, zero) per group and output [in/g, out, 2] in the activation dtype; or llmctl's
+        # (bf16 on AVX512-BF16): uint8 [out/16, in/2, 16] and AWQ's scales and zeros [2, in/g, out] fp16.
         self.register_buffer("packed_weight", None, persistent=False)
         self.register_buffer("scales_and_zeros", None, persistent=False)
 
@@ -115,6 +134,14 @@ class AWQLinear(nn.Module):
         self.qweight = self.qzeros = self.scales = None
         self.register_state_dict_pre_hook(_refuse_packed_state_dict)
 
+    def fused_args(self) -> kernels.LinearArgs | None:
+        """This layer for kernels.decoder_layers: only in llmctl's layout (prepacked, bf16 on AVX512-BF16)."""
+        if self.packed_weight is None or self.packed_weight.dim() != 3:
+            return None
+        bias = None if self.bias is None else self.bias.to(torch.bfloat16).contiguous()
+        return kernels.LinearArgs(self.packed_weight, self.scales_and_zeros, bias, kernels.LINEAR_INT4,
+                                  self.group_size)
+
     def weight_bytes(self) -> int:
         tensors = (self.qweight, self.qzeros, self.scales, self.packed_weight, self.scales_and_zeros)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
@@ -122,7 +149,7 @@ class AWQLinear(nn.Module):
 
 def _refuse_packed_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
     raise RuntimeError(
-        f"AWQ layer {prefix.rstrip('.') or '(root)'} was prepacked for the CPU kernel (finalize) and no "
+        f"{type(module).__name__} {prefix.rstrip('.') or '(root)'} was prepacked for the CPU kernel (finalize) and no "
         "longer holds the checkpoint's tensors; save a quantized model before finalize"
     )
 

@@ -118,6 +118,8 @@ class LlamaModel(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(self.head_dim, theta, rope), persistent=False)
         self.head_weight = None
         """The LM head's matmul weight in its prepacked layout, set by finalize()."""
+        self.decoder_plan: kernels.DecoderPlan | None = None
+        """Set by finalize() where every layer fits kernels.decoder_layers: the decoder loop as one call."""
 
     @property
     def num_layers(self) -> int:
@@ -133,12 +135,19 @@ class LlamaModel(nn.Module):
         """Returns float32 logits [S, vocab] for batch.logits_rows."""
         x = self.embed_tokens[batch.input_ids]
         cos, sin = self.rope_cos_sin(batch.positions, x.dtype)
-        residual = None
-        for layer, kv in zip(self.layers, kv_caches, strict=True):
-            h, residual = kernels.rms_norm(x, layer.input_layernorm, layer.eps, residual)
-            h = layer.self_attn(h, cos, sin, kv, batch)
-            h, residual = kernels.rms_norm(h, layer.post_attention_layernorm, layer.eps, residual)
-            x = layer.mlp(h)
+        plan = self.decoder_plan
+        if plan is not None and kv_caches[0].k_scale is None and kv_caches[0].k.dtype == x.dtype:
+            x, residual = kernels.decoder_layers(
+                x, plan, [kv.k for kv in kv_caches], [kv.v for kv in kv_caches], cos, sin, batch.slot_mapping,
+                batch.decode, batch.prefill, batch.num_decodes,
+            )
+        else:
+            residual = None
+            for layer, kv in zip(self.layers, kv_caches, strict=True):
+                h, residual = kernels.rms_norm(x, layer.input_layernorm, layer.eps, residual)
+                h = layer.self_attn(h, cos, sin, kv, batch)
+                h, residual = kernels.rms_norm(h, layer.post_attention_layernorm, layer.eps, residual)
+                x = layer.mlp(h)
         x = x[batch.logits_rows]
         h, _ = kernels.rms_norm(x, self.norm, self.cfg.rms_norm_eps, residual[batch.logits_rows])
         head = self.head_weight
@@ -285,4 +294,25 @@ def finalize(model: LlamaModel) -> LlamaModel:
     # The LM head reads the (tied) embedding as a matmul weight; a packed copy costs vocab x hidden.
     head = model.embed_tokens if model.lm_head is None else model.lm_head
     model.head_weight = kernels.prepack_linear_weight(head.data)
+    model.decoder_plan = decoder_plan(model)
     return model
+
+
+def decoder_plan(model: LlamaModel) -> kernels.DecoderPlan | None:
+    """The finalized model's layers for kernels.decoder_layers, or None where any of them cannot run there
+    (not on CPU, a forced kernel backend, a dtype or quantized layout the C++ kernels do not take)."""
+    dtype = model.embed_tokens.dtype
+    if not kernels.decoder_layers_available(model.embed_tokens.device) or dtype not in kernels.CPU_DTYPES:
+        return None
+    norms, linears = [], []
+    for layer in model.layers:
+        norms += [layer.input_layernorm.data, layer.post_attention_layernorm.data]
+        for module in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj,
+                       layer.mlp.down_proj):
+            args = module.fused_args()
+            if args is None:
+                return None
+            linears.append(args)
+    attn = model.layers[0].self_attn
+    return kernels.DecoderPlan(norms, linears, attn.heads, attn.kv_heads, attn.head_dim,
+                               float(model.layers[0].eps), float(attn.scale))

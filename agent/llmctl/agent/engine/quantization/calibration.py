@@ -69,20 +69,27 @@ class ActivationStats:
 @torch.no_grad()
 def run_windows(model, windows: list[list[int]], block_size: int, device: str, batch_tokens: int = 2048,
                 before_batch=None) -> None:
-    """Forward every window (prefill from position 0), a few windows per batch."""
+    """Forward every window (prefill from position 0), a few windows per batch. The layers run op by op
+    (a finalized model's decoder_plan is set aside meanwhile): callers watch the linears with forward hooks,
+    which the fused decoder layers would not call."""
     from llmctl.agent.engine.model_runner import score_tokens
 
-    batch, size, offset = [], 0, 0
-    for w in windows + [None]:
-        if w is None or (batch and size + len(w) > batch_tokens):
-            if before_batch is not None:
-                before_batch(offset, size)
-            score_tokens(model, batch, block_size, None, device, every_position=False)
-            offset += size
-            batch, size = [], 0
-        if w is not None:
-            batch.append(w)
-            size += len(w)
+    plan = getattr(model, "decoder_plan", None)
+    model.decoder_plan = None
+    try:
+        batch, size, offset = [], 0, 0
+        for w in windows + [None]:
+            if w is None or (batch and size + len(w) > batch_tokens):
+                if before_batch is not None:
+                    before_batch(offset, size)
+                score_tokens(model, batch, block_size, None, device, every_position=False)
+                offset += size
+                batch, size = [], 0
+            if w is not None:
+                batch.append(w)
+                size += len(w)
+    finally:
+        model.decoder_plan = plan
 
 
 @torch.no_grad()
