@@ -760,6 +760,7 @@ void prefill_attention(const at::Tensor& q, const at::Tensor& k_cache, const at:
 constexpr int64_t QKC = 128;
 constexpr int QROWS = 12;
 constexpr int QDIRECT = 4;
+constexpr int64_t QMROWS = 192;  // rows per row block: 192 x K bf16 of x stays in a core's L2
 constexpr int64_t QPREFETCH = 4096;  // bytes ahead of each weight stream
 
 struct QuantWeights {
@@ -884,16 +885,13 @@ inline QuantDirect quant_direct_for(int rows, int nb) {
   return (nb == 2 ? two : one)[rows - 1];
 }
 
-// (q - z) * s for 32 elements of 16 columns, rounded once to bf16; s, o = -z * s per column.
-inline __m512i dequant_int4(const uint8_t* q, __m512 s, __m512 o) {
-  static const __m512i lo_cols = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-  static const __m512i hi_cols = _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8);
+// (q - z) * s for 32 elements of 16 columns, rounded once to bf16: s_lo / o_lo hold the scales and -z * s of
+// columns 0..7 each twice (elements 0..15), s_hi / o_hi those of columns 8..15.
+inline __m512i dequant_int4(const uint8_t* q, __m512 s_lo, __m512 s_hi, __m512 o_lo, __m512 o_hi) {
   const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
   const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
   const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
-  return (__m512i)_mm512_cvtne2ps_pbh(
-      _mm512_fmadd_ps(hi, _mm512_permutexvar_ps(hi_cols, s), _mm512_permutexvar_ps(hi_cols, o)),
-      _mm512_fmadd_ps(lo, _mm512_permutexvar_ps(lo_cols, s), _mm512_permutexvar_ps(lo_cols, o)));
+  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_fmadd_ps(hi, s_hi, o_hi), _mm512_fmadd_ps(lo, s_lo, o_lo));
 }
 
 // tile [R, 32] (+)= x [R rows of stride ldx, 2 * pairs inputs] @ the chunk of NB blocks in w.
@@ -939,7 +937,11 @@ inline void dequant_chunk(const QuantWeights& qw, int64_t block, int64_t c0, int
     const int64_t g = (c0 + p) / qw.group_pairs, stop = std::min(cp, (g + 1) * qw.group_pairs - c0);
     __m512 s, o;
     group_scales(qw, g, block * 16, 0.f, s, o);
-    for (; p < stop; ++p) w[p] = dequant_int4(q + 16 * p, s, o);
+    const __m512i lo_cols = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    const __m512i hi_cols = _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8);
+    const __m512 s_lo = _mm512_permutexvar_ps(lo_cols, s), s_hi = _mm512_permutexvar_ps(hi_cols, s);
+    const __m512 o_lo = _mm512_permutexvar_ps(lo_cols, o), o_hi = _mm512_permutexvar_ps(hi_cols, o);
+    for (; p < stop; ++p) w[p] = dequant_int4(q + 16 * p, s_lo, s_hi, o_lo, o_hi);
   }
 }
 
@@ -965,21 +967,29 @@ void quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tenso
     for (int64_t r = 0; r < m; ++r)
       for (int64_t i = 0; i < k; ++i) xsum[r * groups + i / group_size] += bf16_to_float(xp[r * k + i]);
   }
-  at::parallel_for(0, (blocks + 1) / 2, 1, [&](int64_t begin, int64_t end) {
+  // Work items: (block of QMROWS rows, task), row blocks outermost, so that each thread's share of x stays in
+  // its cache while it runs through the tasks (a large M re-dequantises each chunk once per row block).
+  // Row blocks of equal size (so that the threads' equal shares of items are equal work).
+  const int64_t tasks = (blocks + 1) / 2, row_blocks = m <= QDIRECT ? 1 : (m + QMROWS - 1) / QMROWS;
+  const int64_t block_rows = (m + row_blocks - 1) / row_blocks;
+  at::parallel_for(0, row_blocks * tasks, 1, [&](int64_t begin, int64_t end) {
     alignas(64) __m512i chunk[2 * QKC];
-    std::vector<float> tile(m * 32);
-    for (int64_t task = begin; task < end; ++task) {
+    std::vector<float> tile(block_rows * 32);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t task = item % tasks, m0 = item / tasks * block_rows, m1 = std::min(m, m0 + block_rows);
       const int64_t b0 = 2 * task;
       const int nb = static_cast<int>(std::min<int64_t>(2, blocks - b0));
       if (m <= QDIRECT) {
-        quant_direct_for(static_cast<int>(m), nb)(xp, k, xsum.data(), qw, b0, tile.data());
+        // One block at a time: one sequential stream of weights for the prefetchers.
+        for (int b = 0; b < nb; ++b)
+          quant_direct_for(static_cast<int>(m), 1)(xp, k, xsum.data(), qw, b0 + b, tile.data() + 16 * b);
       } else {
         for (int64_t c0 = 0; c0 < pairs; c0 += QKC) {
           const int64_t cp = std::min(QKC, pairs - c0);
           for (int b = 0; b < nb; ++b) dequant_chunk(qw, b0 + b, c0, cp, chunk + b * QKC);
-          for (int64_t r0 = 0; r0 < m; r0 += QROWS) {
-            const int rows = static_cast<int>(std::min<int64_t>(QROWS, m - r0));
-            quant_rows_for(rows, nb)(xp + r0 * k + 2 * c0, k, chunk, cp, tile.data() + r0 * 32, c0 == 0);
+          for (int64_t r0 = m0; r0 < m1; r0 += QROWS) {
+            const int rows = static_cast<int>(std::min<int64_t>(QROWS, m1 - r0));
+            quant_rows_for(rows, nb)(xp + r0 * k + 2 * c0, k, chunk, cp, tile.data() + (r0 - m0) * 32, c0 == 0);
           }
         }
       }
@@ -991,8 +1001,8 @@ void quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tenso
           const __m256i bb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + col));
           add = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bb), 16));
         }
-        for (int64_t r = 0; r < m; ++r) {
-          const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(tile.data() + r * 32 + 16 * b), scale, add);
+        for (int64_t r = m0; r < m1; ++r) {
+          const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(tile.data() + (r - m0) * 32 + 16 * b), scale, add);
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + r * n + col), (__m256i)_mm512_cvtneps_pbh(v));
         }
       }
