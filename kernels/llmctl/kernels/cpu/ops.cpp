@@ -25,6 +25,7 @@
 #include <utility>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -522,6 +523,15 @@ inline __m512 exp_nonpositive16(__m512 x) {
   return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
 
+// Keys between a row's prefetch and its use in decode_bf16 (LLMCTL_DECODE_PREFETCH overrides; 0 turns it off).
+inline int64_t decode_ahead() {
+  static const int64_t ahead = [] {
+    const char* env = std::getenv("LLMCTL_DECODE_PREFETCH");
+    return env ? std::max<int64_t>(0, std::atoll(env)) : int64_t{32};
+  }();
+  return ahead;
+}
+
 struct DecodePerm {
   int key[16];        // lane -> key
   __m512i lane_of;    // key -> lane, for _mm512_permutexvar_ps
@@ -568,6 +578,7 @@ void decode_bf16(const PagedKV<c10::BFloat16>& kv, int64_t kvh, const c10::BFloa
     for (int c = 0; c < 2 * H; ++c) acc[r][c] = _mm512_setzero_ps();
   }
   const __m512i zero = _mm512_setzero_si512();
+  const int64_t ahead = decode_ahead();
   for (int64_t start = 0; start < length; start += 16) {
     const int n = static_cast<int>(std::min<int64_t>(16, length - start));
     const c10::BFloat16* krow[16];
@@ -575,6 +586,16 @@ void decode_bf16(const PagedKV<c10::BFloat16>& kv, int64_t kvh, const c10::BFloa
     for (int j = 0; j < 16; ++j) {
       krow[j] = j < n ? kv.k + kv.row(start + j, kvh) : nullptr;
       vrow[j] = j < n ? kv.v + kv.row(start + j, kvh) : nullptr;
+    }
+    // The pool's blocks lie anywhere in memory, and a head's rows are strided within them: the hardware
+    // prefetchers miss both, so the rows DECODE_AHEAD keys on are asked for now (3-4x the bandwidth cold).
+    for (int64_t pos = start + ahead; ahead > 0 && pos < std::min(length, start + ahead + 16); ++pos) {
+      const char* kp = reinterpret_cast<const char*>(kv.k + kv.row(pos, kvh));
+      const char* vp = reinterpret_cast<const char*>(kv.v + kv.row(pos, kvh));
+      for (int line = 0; line < D * 2; line += 64) {
+        _mm_prefetch(kp + line, _MM_HINT_T0);
+        _mm_prefetch(vp + line, _MM_HINT_T0);
+      }
     }
     uint32_t wpair[G][8];
     float correction[G];
