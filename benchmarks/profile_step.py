@@ -132,6 +132,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--quantization", default=None)
+    ap.add_argument("--mixed", action="store_true",
+                    help="also the bench's mixed workload (64 requests, prompts 32-512, outputs 16-256, seed 0), "
+                         "op by op, all at once: totals over the whole run")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -182,6 +185,21 @@ def main() -> None:
             while engine.has_unfinished():
                 engine.step()
         results.append(summarize(f"prefill 4x512 {mode}", per_step[1:], walls[1:], 2048))
+    if args.mixed:
+        from llmctl.agent.bench import BenchOptions, engine_params, make_workload
+
+        model.decoder_plan = None
+        for req in make_workload(engine.tokenizer, BenchOptions(requests=64, seed=0)):
+            engine.add_request(f"m{req.index}", req.prompt_token_ids, engine_params(req.output_len))
+        total, steps, t0 = defaultdict(float), 0, time.perf_counter()
+        while engine.has_unfinished():
+            clock.step = defaultdict(float)
+            engine.step()
+            steps += 1
+            for category, seconds in clock.step.items():
+                total[category] += seconds
+        wall = time.perf_counter() - t0
+        results.append(summarize(f"mixed 64 ({steps} steps)", [total], [wall], 0))
     model.decoder_plan = plan
 
     print(f"{args.model} {args.dtype}, {args.threads} threads, median of the measured steps")
