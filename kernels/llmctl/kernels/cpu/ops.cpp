@@ -129,12 +129,116 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
+// -- bf16 rows on AVX512 (the elementwise kernels' fast paths) -----------------------------------------
+#ifdef __AVX512BF16__
+inline __m512 load16_bf16(const c10::BFloat16* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+inline void store16_bf16(c10::BFloat16* p, __m512 v) {  // round to nearest even
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
+}
+inline __m512 round16_bf16(__m512 v) {  // v rounded to bf16 and back
+  const __m256i bits = (__m256i)_mm512_cvtneps_pbh(v);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// rms_norm on bf16 rows of n % 16 == 0 elements: the same steps as the generic loop, 16 lanes at a time.
+void rms_norm_bf16(const c10::BFloat16* xp, const c10::BFloat16* rp, const float* w, float eps, int64_t rows,
+                   int64_t n, c10::BFloat16* op, c10::BFloat16* np) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const c10::BFloat16* x = xp + row * n;
+      const c10::BFloat16* h_src = x;  // where the (rounded) sum lies for the second pass
+      __m512 ss = _mm512_setzero_ps();
+      for (int64_t i = 0; i < n; i += 16) {
+        __m512 h = load16_bf16(x + i);
+        if (rp) {
+          h = round16_bf16(_mm512_add_ps(h, load16_bf16(rp + row * n + i)));
+          store16_bf16(np + row * n + i, h);
+        }
+        ss = _mm512_fmadd_ps(h, h, ss);
+      }
+      if (rp) h_src = np + row * n;
+      const float inv = 1.f / std::sqrt(_mm512_reduce_add_ps(ss) / static_cast<float>(n) + eps);
+      const __m512 vinv = _mm512_set1_ps(inv);
+      for (int64_t i = 0; i < n; i += 16) {
+        const __m512 y = round16_bf16(_mm512_mul_ps(load16_bf16(h_src + i), vinv));
+        store16_bf16(op + row * n + i, _mm512_mul_ps(y, _mm512_loadu_ps(w + i)));
+      }
+    }
+  });
+}
+
+// Neox rotary on bf16 heads of D % 32 == 0 dims, in place: the generic loop's arithmetic, 16 lanes at a time.
+void rotary_bf16(c10::BFloat16* base, int64_t row_stride, int64_t rows, int64_t heads, int64_t d,
+                 const c10::BFloat16* cp, const c10::BFloat16* sp) {
+  const int64_t half = d / 2;
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t i = 0; i < half; i += 16) {
+        const __m512 c_lo = load16_bf16(cp + t * d + i), c_hi = load16_bf16(cp + t * d + half + i);
+        const __m512 s_lo = load16_bf16(sp + t * d + i), s_hi = load16_bf16(sp + t * d + half + i);
+        for (int64_t h = 0; h < heads; ++h) {
+          c10::BFloat16* row = base + t * row_stride + h * d;
+          const __m512 lo = load16_bf16(row + i), hi = load16_bf16(row + half + i);
+          store16_bf16(row + i, _mm512_sub_ps(_mm512_mul_ps(lo, c_lo), _mm512_mul_ps(hi, s_lo)));
+          store16_bf16(row + half + i, _mm512_add_ps(_mm512_mul_ps(hi, c_hi), _mm512_mul_ps(lo, s_hi)));
+        }
+      }
+    }
+  });
+}
+// exp_nonpositive on 16 lanes.
+inline __m512 exp_nonpositive16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.3888889e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3333333e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1666667e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666667e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+// silu(gate) * up on bf16 rows of inter % 16 == 0: the generic loop's arithmetic, 16 lanes at a time.
+void silu_and_mul_bf16(const c10::BFloat16* gp, int64_t rows, int64_t inter, c10::BFloat16* op) {
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    const __m512 one = _mm512_set1_ps(1.f);
+    for (int64_t t = begin; t < end; ++t)
+      for (int64_t i = 0; i < inter; i += 16) {
+        const __m512 g = load16_bf16(gp + t * 2 * inter + i), u = load16_bf16(gp + t * 2 * inter + inter + i);
+        const __m512 e = exp_nonpositive16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
+        const __mmask16 positive = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_GE_OQ);
+        const __m512 sigmoid = _mm512_div_ps(_mm512_mask_blend_ps(positive, e, one), _mm512_add_ps(one, e));
+        store16_bf16(op + t * inter + i, _mm512_mul_ps(_mm512_mul_ps(g, sigmoid), u));
+      }
+  });
+}
+#endif
+
 // -- rms_norm -----------------------------------------------------------------------------------
 // out = weight * round(normalise(x + residual)); new_residual = round(x + residual). x, residual, out,
 // new_residual: [T, N] contiguous in one dtype; weight [N] in that dtype.
 void rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual, const at::Tensor& weight,
               double eps, at::Tensor& out, const std::optional<at::Tensor>& new_residual) {
   const int64_t rows = x.size(0), n = x.size(1);
+#ifdef __AVX512BF16__
+  if (x.scalar_type() == at::kBFloat16 && n % 16 == 0) {
+    std::vector<float> w(n);
+    Io<c10::BFloat16>::load(weight.const_data_ptr<c10::BFloat16>(), w.data(), n);
+    rms_norm_bf16(x.const_data_ptr<c10::BFloat16>(), residual ? residual->const_data_ptr<c10::BFloat16>() : nullptr,
+                  w.data(), static_cast<float>(eps), rows, n, out.mutable_data_ptr<c10::BFloat16>(),
+                  new_residual ? new_residual->mutable_data_ptr<c10::BFloat16>() : nullptr);
+    return;
+  }
+#endif
   LLMCTL_DISPATCH(x.scalar_type(), [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* rp = residual ? residual->const_data_ptr<scalar_t>() : nullptr;
@@ -170,6 +274,13 @@ void rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual, co
 void rotary_embedding(at::Tensor& qkv, int64_t row_stride, int64_t heads, int64_t head_dim,
                       const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t rows = cos.size(0), d = head_dim, half = head_dim / 2;
+#ifdef __AVX512BF16__
+  if (qkv.scalar_type() == at::kBFloat16 && d % 32 == 0) {
+    rotary_bf16(qkv.mutable_data_ptr<c10::BFloat16>(), row_stride, rows, heads, d, cos.const_data_ptr<c10::BFloat16>(),
+                sin.const_data_ptr<c10::BFloat16>());
+    return;
+  }
+#endif
   LLMCTL_DISPATCH(qkv.scalar_type(), [&] {
     scalar_t* base = qkv.mutable_data_ptr<scalar_t>();
     const scalar_t* cp = cos.const_data_ptr<scalar_t>();
@@ -197,6 +308,12 @@ void rotary_embedding(at::Tensor& qkv, int64_t row_stride, int64_t heads, int64_
 // gate_up: [T, 2I] contiguous -> out [T, I].
 void silu_and_mul(const at::Tensor& gate_up, at::Tensor& out) {
   const int64_t rows = gate_up.size(0), inter = gate_up.size(1) / 2;
+#ifdef __AVX512BF16__
+  if (gate_up.scalar_type() == at::kBFloat16 && inter % 16 == 0) {
+    silu_and_mul_bf16(gate_up.const_data_ptr<c10::BFloat16>(), rows, inter, out.mutable_data_ptr<c10::BFloat16>());
+    return;
+  }
+#endif
   LLMCTL_DISPATCH(gate_up.scalar_type(), [&] {
     const scalar_t* gp = gate_up.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
@@ -505,23 +622,6 @@ inline __m512 sum16(const __m512* p) {
   return _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x44), _mm512_shuffle_ps(c[0], c[1], 0xEE));
 }
 
-// exp_nonpositive on 16 lanes.
-inline __m512 exp_nonpositive16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.3888889e-3f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3333333e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1666667e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666667e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
-}
 
 // Keys between a row's prefetch and its use in decode_bf16 (LLMCTL_DECODE_PREFETCH overrides; 0 turns it off).
 inline int64_t decode_ahead() {
