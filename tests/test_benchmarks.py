@@ -67,3 +67,16 @@ def test_bench_quality_sampling_measures_both_arms_and_writes_json(tmp_path):
     for arm in data["arms"].values():
         assert 0 < arm["p50_ms"] <= arm["p95_ms"]
     assert len(data["difference_ms"]["p50"]) == len(data["difference_ms"]["p95"]) == 3  # estimate, 95% CI
+
+
+def test_bench_cpu_elementwise_times_the_cpu_kernels_against_the_reference(tmp_path):
+    out = tmp_path / "elementwise.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_cpu_elementwise.py"), "--rows", "64", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["rows"] == 64 and data["dtype"] == "bfloat16"
+    assert [op["op"] for op in data["ops"]] == ["rms_norm+residual", "rotary (q and k)", "silu_and_mul"]
+    assert all(op["us"] > 0 and op["reference_us"] > 0 and op["gb_per_s"] > 0 for op in data["ops"])
