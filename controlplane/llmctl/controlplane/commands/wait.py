@@ -83,6 +83,11 @@ def wait_for_revision(
                 progress(f"{name}: {event.message}")
         deployment = client.get_deployment(name)
         if deployment.revision != revision:
+            # The reconciler records rollout.failed in the transaction that rolls back, which may have
+            # committed between reading the events above and the deployment: its reason is the answer.
+            for event in client.list_events(after_id=cursor, deployment=name):
+                if event.kind == ROLLOUT_FAILED and _about(event, revision):
+                    raise RolloutFailed(event.message)
             raise RolloutFailed(
                 f"{name} moved from revision {revision} to {deployment.revision} while waiting "
                 f"(see `llmctl events --deployment {name}`)"
