@@ -53,8 +53,6 @@ CPU_OPS = ("rms_norm", "rotary_embedding", "silu_and_mul", "paged_attention_deco
 def _cpu_op(name: str):
     """The C++ kernel for CPU float tensors (attention: over an unquantized pool of q's dtype), the reference
     otherwise. The extension is built or loaded on the first call, not at import."""
-    from llmctl.kernels import cpu
-
     ref = _reference_op(name)
     fast = getattr(cpu, name)
     dtypes = cpu.DTYPES

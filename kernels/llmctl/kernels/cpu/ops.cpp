@@ -921,85 +921,62 @@ inline __m512 bcast_pair(const uint16_t* x) {
   return _mm512_castsi512_ps(_mm512_set1_epi32(pair));
 }
 
-// tile [R, 32] = x [R rows of stride k] @ blocks b0 (and b0 + 1 when NB = 2), unpacking as it goes, with U
-// accumulators per output. xsum [R, G]: each row's sum over each 4-bit group.
-template <int R, int NB>
-void quant_direct(const uint16_t* x, int64_t k, const float* xsum, const QuantWeights& w, int64_t b0, float* tile) {
+// tile [R, 16 of stride 32] = x [R rows of stride k] @ block `block`, unpacking as it goes, with U accumulators
+// per output. xsum [R, G]: each row's sum over each 4-bit group. One block (one sequential weight stream, which
+// the prefetchers follow) at a time: two interleaved streams read ~20% slower from DRAM.
+template <int R>
+void quant_direct(const uint16_t* x, int64_t k, const float* xsum, const QuantWeights& w, int64_t block, float* tile) {
   constexpr int U = R <= 2 ? 4 : 2;
-  __m512 acc[R][NB][U];
+  __m512 acc[R][U];
   auto zero = [&] {
     for (int r = 0; r < R; ++r)
-      for (int b = 0; b < NB; ++b)
-        for (int u = 0; u < U; ++u) acc[r][b][u] = _mm512_setzero_ps();
+      for (int u = 0; u < U; ++u) acc[r][u] = _mm512_setzero_ps();
   };
-  auto step = [&](int u, int64_t p, const __m512i* wv) {
-    for (int r = 0; r < R; ++r) {
-      const __m512bh xv = (__m512bh)bcast_pair(x + r * k + 2 * p);
-      for (int b = 0; b < NB; ++b) acc[r][b][u] = _mm512_dpbf16_ps(acc[r][b][u], xv, (__m512bh)wv[b]);
-    }
+  auto step = [&](int u, int64_t p, __m512i wv) {
+    for (int r = 0; r < R; ++r)
+      acc[r][u] = _mm512_dpbf16_ps(acc[r][u], (__m512bh)bcast_pair(x + r * k + 2 * p), (__m512bh)wv);
   };
-  auto summed = [&](int r, int b) {
-    __m512 sum = acc[r][b][0];
-    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[r][b][u]);
+  auto summed = [&](int r) {
+    __m512 sum = acc[r][0];
+    for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[r][u]);
     return sum;
   };
   zero();
   if (w.q8) {
-    const int8_t* q[NB];
-    for (int b = 0; b < NB; ++b) q[b] = w.q8 + (b0 + b) * w.pairs * 32;
+    const int8_t* q = w.q8 + block * w.pairs * 32;
     int64_t p = 0;
     for (; p + U <= w.pairs; p += U) {
-      for (int b = 0; b < NB; ++b) _mm_prefetch(reinterpret_cast<const char*>(q[b] + 32 * p + QPREFETCH), _MM_HINT_T0);
-      for (int u = 0; u < U; ++u) {
-        __m512i wv[NB];
-        for (int b = 0; b < NB; ++b) wv[b] = dequant_int8(q[b] + 32 * (p + u));
-        step(u, p + u, wv);
-      }
+      _mm_prefetch(reinterpret_cast<const char*>(q + 32 * p + QPREFETCH), _MM_HINT_T0);
+      for (int u = 0; u < U; ++u) step(u, p + u, dequant_int8(q + 32 * (p + u)));
     }
-    for (; p < w.pairs; ++p) {
-      __m512i wv[NB];
-      for (int b = 0; b < NB; ++b) wv[b] = dequant_int8(q[b] + 32 * p);
-      step(0, p, wv);
-    }
-    for (int r = 0; r < R; ++r)
-      for (int b = 0; b < NB; ++b) _mm512_storeu_ps(tile + r * 32 + 16 * b, summed(r, b));
+    for (; p < w.pairs; ++p) step(0, p, dequant_int8(q + 32 * p));
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(tile + r * 32, summed(r));
     return;
   }
   // 4-bit: groups hold a multiple of U pairs (group sizes are multiples of 8, checked in Python).
-  __m512 total[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) total[r][b] = _mm512_setzero_ps();
+  const uint8_t* q = w.q4 + block * w.pairs * 16;
+  __m512 total[R];
+  for (int r = 0; r < R; ++r) total[r] = _mm512_setzero_ps();
   const int64_t groups = w.pairs / w.group_pairs;
   for (int64_t g = 0; g < groups; ++g) {
     for (int64_t p = g * w.group_pairs; p < (g + 1) * w.group_pairs; p += U) {
-      for (int b = 0; b < NB; ++b)
-        _mm_prefetch(reinterpret_cast<const char*>(w.q4 + ((b0 + b) * w.pairs + p) * 16 + QPREFETCH), _MM_HINT_T0);
-      for (int u = 0; u < U; ++u) {
-        __m512i wv[NB];
-        for (int b = 0; b < NB; ++b) wv[b] = codes_plus_128(w.q4 + ((b0 + b) * w.pairs + p + u) * 16);
-        step(u, p + u, wv);
-      }
+      _mm_prefetch(reinterpret_cast<const char*>(q + 16 * p + QPREFETCH), _MM_HINT_T0);
+      for (int u = 0; u < U; ++u) step(u, p + u, codes_plus_128(q + 16 * (p + u)));
     }
-    for (int b = 0; b < NB; ++b) {
-      __m512 s, o;
-      group_scales(w, g, (b0 + b) * 16, 128.f, s, o);
-      for (int r = 0; r < R; ++r)
-        total[r][b] = _mm512_fmadd_ps(_mm512_set1_ps(xsum[r * groups + g]), o,
-                                      _mm512_fmadd_ps(summed(r, b), s, total[r][b]));
-    }
+    __m512 s, o;
+    group_scales(w, g, block * 16, 128.f, s, o);
+    for (int r = 0; r < R; ++r)
+      total[r] = _mm512_fmadd_ps(_mm512_set1_ps(xsum[r * groups + g]), o, _mm512_fmadd_ps(summed(r), s, total[r]));
     zero();
   }
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) _mm512_storeu_ps(tile + r * 32 + 16 * b, total[r][b]);
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(tile + r * 32, total[r]);
 }
 
 using QuantDirect = void (*)(const uint16_t*, int64_t, const float*, const QuantWeights&, int64_t, float*);
 
-// One block at a time (NB = 1): a single sequential weight stream per task, which the prefetchers follow;
-// two interleaved streams read ~20% slower from DRAM.
 template <int... R>
 constexpr std::array<QuantDirect, sizeof...(R)> quant_direct_table(std::integer_sequence<int, R...>) {
-  return {&quant_direct<R + 1, 1>...};
+  return {&quant_direct<R + 1>...};
 }
 
 inline QuantDirect quant_direct_for(int rows) {
