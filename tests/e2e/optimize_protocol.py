@@ -40,7 +40,8 @@ class OptimizeFleet:
         self.server = self.start_server()
         processes.llmctl(
             "agent", "agent", "--control-plane", self.control_plane, "--node-name", "a", "--log-dir",
-            str(tmp / "replicas"), home=tmp / "node-a", env={"LLMCTL_JOIN_TOKEN": JOIN_TOKEN})
+            # Trials and scorers run beside the serving replicas: more than the box's 2 cores, on purpose.
+            str(tmp / "replicas"), "--max-replicas", "4", home=tmp / "node-a", env={"LLMCTL_JOIN_TOKEN": JOIN_TOKEN})
         self.cli = Cli(self.control_plane, ADMIN_TOKEN)
         wait_until("the agent joined", lambda: [n["name"] for n in self.cli.try_json("nodes") or []] == ["a"], 90)
 

@@ -110,6 +110,9 @@ def test_fleet_survives_rollout_rollback_node_loss_and_restart(
             name,
             "--log-dir",
             str(tmp_path / f"replicas-{name}"),
+            # Two agents on one 2-core box, each taking the other's replicas on failover: room beyond its cores.
+            "--max-replicas",
+            "4",
             home=tmp_path / f"node-{name}",
             env={"LLMCTL_JOIN_TOKEN": JOIN_TOKEN},
         )

@@ -13,11 +13,11 @@ from llmctl.agent.engine.config import EngineConfig
 from llmctl.agent.engine.engine import LLMEngine
 from llmctl.agent.engine.errors import InvalidRequest, UnsupportedModel
 from llmctl.agent.engine.models.linear import AWQLinear, DenseLinear, Int8Linear
-from llmctl.kernels import quant_cpu
 from llmctl.agent.engine.quantization import QuantSpec, awq, resolve_spec
 from llmctl.agent.engine.quantization.checkpoint import quantize_to_folder
 from llmctl.agent.engine.quantization.int8 import int8_linear
 from llmctl.agent.engine.sampling import SamplingParams
+from llmctl.kernels import quant_cpu
 from llmctl.kernels.quant_reference import dequantize_awq, pack_awq, quantize_int8_per_channel, unpack_awq
 
 

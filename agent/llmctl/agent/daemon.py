@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 
 from llmctl.agent import daemon_convert as convert
+from llmctl.agent.cpu_slots import usable_cpus
 from llmctl.agent.daemon_session import Session, SilenceWatchdog
 from llmctl.agent.engine.paths import llmctl_home
 from llmctl.agent.measurement import MeasurementOutcome, MeasurementRunner
@@ -68,7 +69,10 @@ class AgentConfig:
     join_token: str
     node_name: str | None = None
     """None: this host's name, lowercased into a DNS label."""
-    max_replicas: int = 4
+    max_replicas: int | None = None
+    """Most replicas this node runs at once; None: one per GPU, or on a host without GPUs one per CPU core it
+    may use (replicas then get disjoint core sets, agent/cpu_slots.py). A larger number is the operator's
+    explicit choice to oversubscribe."""
     replica_host: str = "127.0.0.1"
     """Address replicas bind; the gateway must reach it."""
     log_dir: Path | None = None
@@ -92,12 +96,19 @@ class AgentConfig:
             raise AgentConfigError(f"invalid node name {self.node_name!r}: use 1-63 lowercase letters, "
                                    "digits and '-', starting and ending with a letter or digit")
         count = self.max_replicas
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
             raise AgentConfigError(f"max_replicas must be an integer >= 0, got {self.max_replicas!r}")
         if not self.telemetry_interval_s > 0:
             raise AgentConfigError(f"telemetry_interval_s must be > 0, got {self.telemetry_interval_s!r}")
         if not self.max_backoff_s >= 0.5:
             raise AgentConfigError(f"max_backoff_s must be >= 0.5, got {self.max_backoff_s!r}")
+
+
+def node_capacity(max_replicas: int | None, gpus: int, cpus: int) -> int:
+    """Replicas a node advertises: the operator's --max-replicas, else one per GPU, else one per usable core."""
+    if max_replicas is not None:
+        return max_replicas
+    return gpus if gpus else max(1, cpus)
 
 
 def default_node_name() -> str:
@@ -153,10 +164,15 @@ class AgentDaemon:
             raise RuntimeError("AgentDaemon.start() was already called")
         self._started = True
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
+        self._telemetry = open_telemetry(self.config.nvml)
+        self._gpus = self._telemetry.gpu_info()  # static facts: read once, sent with every Register
+        # CPU replicas share this host's cores: each gets a set of its own; GPU replicas are not pinned.
+        cpus = None if self._gpus else usable_cpus()
+        self.capacity = node_capacity(self.config.max_replicas, len(self._gpus), len(cpus or ()))
         try:
             self._supervisor = ReplicaSupervisor(
                 self._on_replica_change, host=self.config.replica_host, log_dir=self.log_dir,
-                max_backoff_s=max(1.0, self.config.max_backoff_s),
+                max_backoff_s=max(1.0, self.config.max_backoff_s), cpus=cpus,
             )
             # One bench or eval child at a time, off the connection thread; answers go up the open stream.
             self._measurements = MeasurementRunner(self._on_measurement, work_dir=self.log_dir / "measurements")
@@ -164,16 +180,15 @@ class AgentDaemon:
             self._started = False
             raise AgentConfigError(f"cannot create the replica log folder {self.log_dir}: {exc.strerror}; "
                                    "pass a writable --log-dir") from exc
-        self._telemetry = open_telemetry(self.config.nvml)
-        self._gpus = self._telemetry.gpu_info()  # static facts: read once, sent with every Register
         self._scraper = ReplicaStatsScraper()
         loops = ((self._connection_loop, "agent-connection"), (self._telemetry_loop, "agent-telemetry"))
         for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        logger.info("agent %s: %d GPU(s) (%s telemetry), joining the control plane at %s", self.node_name,
-                    len(self._gpus), self._telemetry.source, self.config.control_plane)
+        logger.info("agent %s: %d GPU(s) (%s telemetry), %d CPU core(s), room for %d replica(s), joining the "
+                    "control plane at %s", self.node_name, len(self._gpus), self._telemetry.source,
+                    len(usable_cpus()), self.capacity, self.config.control_plane)
 
     def stop(self) -> None:
         """Stop every replica (the control plane hears DRAINING/STOPPED while the stream is still up), close
@@ -299,7 +314,7 @@ class AgentDaemon:
         return pb.RegisterRequest(
             node_name=self.node_name, hostname=socket.gethostname(),
             gpus=convert.gpu_info_to_proto(self._gpus), engine_version=engine_version(),
-            max_replicas=self.config.max_replicas,
+            max_replicas=self.capacity,
             capabilities={"device": "cuda" if cuda else "cpu", "kernels": kernels},
         )
 
@@ -354,9 +369,9 @@ class AgentDaemon:
             return [convert.stopped_status(msg.replica_id, msg.deployment, msg.revision,
                                            "the agent is shutting down")]
         running = {s.replica_id for s in self._supervisor.statuses()}
-        if msg.replica_id not in running and len(running) >= self.config.max_replicas:
-            logger.warning("starting replica %d beyond max_replicas=%d (already running %d)",
-                           msg.replica_id, self.config.max_replicas, len(running))
+        if msg.replica_id not in running and len(running) >= self.capacity:
+            logger.warning("starting replica %d beyond this node's capacity of %d (already running %d)",
+                           msg.replica_id, self.capacity, len(running))
         try:
             self._supervisor.start(msg.replica_id, **spec)
         except ReplicaError as exc:

@@ -33,6 +33,9 @@ from typing import Any
 
 import httpx
 
+from llmctl.agent.cpu_slots import partition, pin_process
+from llmctl.agent.engine.config import PINNED_ENV
+
 logger = logging.getLogger("llmctl.agent.replicas")
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -106,6 +109,8 @@ class _Replica:
         self.stop_request: _StopRequest | None = None
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
+        self.cpus: list[int] | None = None
+        """The cores this replica's process is pinned to (None: not pinned)."""
 
 
 @functools.cache
@@ -115,17 +120,21 @@ def _prctl() -> Callable[..., int] | None:
     return ctypes.CDLL(None, use_errno=True).prctl  # libc's, via the already-loaded process image
 
 
-def _pdeath_preexec() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGKILL the child when the thread that forked it dies."""
+def _pdeath_preexec(cpus: list[int] | None = None) -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGKILL the child when the thread that forked it dies, and pinning it
+    to `cpus` (so that no thread of it ever runs elsewhere)."""
     prctl = _prctl()  # resolved before fork: the child must not load libraries or take locks before exec
-    if prctl is None:
+    if prctl is None and cpus is None:
         return None
     parent = os.getpid()
 
     def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the agent died before prctl took effect
-            os._exit(1)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the agent died before prctl took effect
+                os._exit(1)
 
     return preexec
 
@@ -154,11 +163,14 @@ class ReplicaSupervisor:
         env: dict[str, str] | None = None,
         log_dir: str | Path | None = None,
         advertise_host: str | None = None,
+        cpus: list[int] | None = None,
     ) -> None:
         """command: how to run the llmctl CLI (default: this Python, -m controlplane.cli);
         host: the address replicas bind; advertise_host: the one put in their reported url, for a
         gateway on another machine (default: host);
-        env: variables added to the agent's environment for every child."""
+        env: variables added to the agent's environment for every child;
+        cpus: the cores to split among the replicas, each pinned to a disjoint set that follows the replica
+        count (agent/cpu_slots.py); None: no pinning (GPU replicas)."""
         if startup_timeout_s <= 0 or max_backoff_s < 1:
             raise ValueError("startup_timeout_s must be > 0 and max_backoff_s >= 1")
         self._on_change = on_change
@@ -171,6 +183,11 @@ class ReplicaSupervisor:
         self._startup_timeout_s = startup_timeout_s
         self._max_backoff_s = max_backoff_s
         self._env = {**os.environ, **(env or {})}
+        self._cpus = list(cpus) if cpus is not None else None
+        if self._cpus is not None:
+            if not self._cpus:
+                raise ValueError("cpus must name at least one core")
+            self._env[PINNED_ENV] = "1"
         self.log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="llmctl-replicas-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._replicas: dict[int, _Replica] = {}
@@ -203,6 +220,7 @@ class ReplicaSupervisor:
             replica.thread = threading.Thread(
                 target=self._monitor, args=(replica,), name=f"replica-{replica_id}", daemon=True
             )
+            self._rebalance()  # the others give up their share of the cores before this one starts
         replica.thread.start()
 
     def stop(self, replica_id: int, *, drain: bool = True, grace_s: float = 30, wait: bool = False) -> None:
@@ -256,12 +274,35 @@ class ReplicaSupervisor:
         self.close()
 
     # -- state changes -------------------------------------------------------------------------------
+    def cpus_of(self, replica_id: int) -> list[int] | None:
+        """The cores replica_id is pinned to (None: not pinned)."""
+        with self._lock:
+            replica = self._replicas.get(replica_id)
+            if replica is None:
+                raise UnknownReplica(replica_id)
+            return replica.cpus
+
+    def _rebalance(self) -> None:
+        """Split the cores among the replicas not yet stopped (in id order, so sets move little) and pin the
+        running ones to their new sets; their engines adopt the new thread count at their next step. Called
+        with _lock held."""
+        if self._cpus is None:
+            return
+        live = sorted(self._replicas.values(), key=lambda r: r.status.replica_id)
+        for replica, cpus in zip(live, partition(self._cpus, len(live)), strict=True):
+            if cpus == replica.cpus:
+                continue
+            replica.cpus = cpus
+            if replica.process is not None and replica.process.poll() is None:
+                pin_process(replica.process.pid, cpus)
+
     def _set(self, replica: _Replica, notify: bool = True, **changes: Any) -> None:
         with self._lock:
             replica.status = replace(replica.status, **changes)
             status = replica.status
             if status.state is ReplicaState.STOPPED:
                 self._replicas.pop(status.replica_id, None)
+                self._rebalance()  # the cores it held go to the others
         if notify:
             self._notify(status)
 
@@ -338,13 +379,17 @@ class ReplicaSupervisor:
             offset = log.tell()
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
             log.flush()
+            with self._lock:
+                cpus = replica.cpus
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env,
                 start_new_session=True,  # own process group: signals reach the whole replica, not the agent
-                preexec_fn=_pdeath_preexec(),
+                preexec_fn=_pdeath_preexec(cpus),
             )
         with self._lock:
             replica.process = proc
+            if replica.cpus != cpus:  # the sets moved while it was being forked
+                pin_process(proc.pid, replica.cpus)
         logger.info("replica %d: started pid %d on port %d (log %s)", replica.status.replica_id, proc.pid,
                     port, log_path)
         return proc, offset

@@ -171,9 +171,8 @@ class Stack:
                     LOCAL_NODE,
                     "--log-dir",
                     str(spec.logs / "replicas"),
-                    # Room for a rolling update: new replicas start next to the old ones before those stop.
-                    "--max-replicas",
-                    str(max(4, 2 * spec.replicas)),
+                    # No --max-replicas: the node takes one replica per core (per GPU), each pinned to its own
+                    # cores, so that scaling out never means less service (agent/cpu_slots.py).
                 ],
                 {"LLMCTL_JOIN_TOKEN": join_token},
             )

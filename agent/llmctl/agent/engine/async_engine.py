@@ -199,6 +199,7 @@ class AsyncEngine:
         try:
             while not self._stopping:
                 self._drain_commands()
+                self.engine.adopt_cpu_affinity()
                 if self._scores:
                     self._score(*self._scores.popleft())  # one per step, so scoring and decoding interleave
                 if self.engine.has_unfinished():

@@ -8,6 +8,10 @@ from typing import Any
 
 from llmctl.agent.engine.errors import InvalidRequest
 
+PINNED_ENV = "LLMCTL_CPU_PINNED"
+"""Set to 1 by the agent in a replica it pins to a core set (agent/cpu_slots.py): the engine then runs as many
+torch threads as the set has cores."""
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 QUANTIZATIONS = ("int8", "awq", "rtn4")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass
 
 import torch
 
 from llmctl.agent.engine import kv_pool
-from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.config import PINNED_ENV, EngineConfig
 from llmctl.agent.engine.detokenizer import IncrementalDetokenizer
 from llmctl.agent.engine.errors import InvalidRequest
 from llmctl.agent.engine.kv_cache import BlockManager
@@ -303,6 +304,17 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     # -- the loop ---------------------------------------------------------------------------
+    def adopt_cpu_affinity(self) -> None:
+        """In a replica the agent pins to a core set (LLMCTL_CPU_PINNED=1, see agent/cpu_slots.py), run as
+        many torch threads as the set has cores, capped by num_threads: the agent moves the set as replicas
+        come and go, and more threads than cores thrash. Called by the loop thread between steps."""
+        if self.config.device != "cpu" or os.environ.get(PINNED_ENV) != "1" or not hasattr(os, "sched_getaffinity"):
+            return
+        cores = len(os.sched_getaffinity(0))
+        want = min(cores, self.config.num_threads) if self.config.num_threads else cores
+        if want != torch.get_num_threads():
+            torch.set_num_threads(want)
+
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
         if batch.is_empty:

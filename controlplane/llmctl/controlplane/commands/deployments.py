@@ -328,10 +328,28 @@ def scale(
         deployment = client.scale(name, replicas)
         if output == Output.table:
             typer.echo(f"{name}: scaled to {deployment.desired_replicas} replica(s)")
+            room = fleet_room(client.list_nodes(), deployment)
+            if replicas > room:
+                console(stderr=True).print(
+                    f"[yellow]only {room} replica slot(s) are free for {name} on the healthy nodes (a CPU node "
+                    f"takes one replica per core, a GPU node one per GPU): it stays at {room} until a node joins "
+                    "or frees a slot; an agent's --max-replicas allows more on purpose. See `llmctl events`.[/]"
+                )
         if wait:
             deployment = _wait(client, name, deployment.revision, after, timeout, output)
     if output == Output.json:
         print_json(deployment_dict(deployment))
+
+
+def fleet_room(nodes: list[Any], deployment: Any) -> int:
+    """Replicas `deployment` can have on the healthy nodes: their slots, less those other deployments hold."""
+    from llmctl.controlplane.proto import llmctl_pb2 as pb
+
+    healthy = [n for n in nodes if n.state == "healthy"]
+    if not healthy:
+        return 0
+    mine = sum(r.state != pb.REPLICA_STATE_STOPPED for r in deployment.replicas)
+    return sum(n.max_replicas for n in healthy) - sum(n.replica_count for n in healthy) + mine
 
 
 def _wait(client: Any, name: str, revision: int, after: int, timeout: float, output: Output) -> Any:

@@ -118,7 +118,11 @@ def agent(
         ),
     ],
     node_name: Annotated[str | None, typer.Option("--node-name", help="Default: this host's name")] = None,
-    max_replicas: Annotated[int, typer.Option("--max-replicas", help="Most replicas on this node")] = 4,
+    max_replicas: Annotated[
+        int | None,
+        typer.Option("--max-replicas", help="Most replicas on this node (default: one per GPU, or one per CPU "
+                     "core on a host without GPUs, each replica pinned to its own cores; more oversubscribes)"),
+    ] = None,
     replica_host: Annotated[
         str, typer.Option("--replica-host", help="Address replicas bind; the gateway must reach it")
     ] = "127.0.0.1",
