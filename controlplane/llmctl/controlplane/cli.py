@@ -7,6 +7,7 @@ import typer
 
 from llmctl.agent.cli import register_engine_commands
 from llmctl.controlplane.commands import (
+    autoscale,
     dashboard,
     deployments,
     fleet,
@@ -43,6 +44,7 @@ quality.register(app)
 optimize.register(app)
 traffic.register(app)
 dashboard.register(app)
+autoscale.register(app)
 app.add_typer(db_app, name="db")
 
 

@@ -121,6 +121,14 @@ class AdminClient:
     def scale(self, name: str, replicas: int) -> pb.Deployment:
         return self._call("Scale", pb.ScaleRequest(name=name, replicas=replicas))
 
+    def set_autoscaling(self, name: str, policy: dict[str, Any]) -> pb.Autoscaling:
+        """policy: AutoscalePolicy's fields by name (target_kv_usage None leaves that signal out)."""
+        return self._call("SetAutoscaling", pb.SetAutoscalingRequest(deployment=name, policy=pb.AutoscalePolicy(**policy)))
+
+    def get_autoscaling(self, name: str, *, limit: int = 0) -> pb.Autoscaling:
+        """The policy, the last evaluation and up to `limit` decisions (0: the server's default)."""
+        return self._call("GetAutoscaling", pb.GetAutoscalingRequest(deployment=name, limit=limit))
+
     def delete_deployment(self, name: str) -> None:
         self._call("DeleteDeployment", pb.DeleteDeploymentRequest(name=name))
 

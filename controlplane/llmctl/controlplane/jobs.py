@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from llmctl.controlplane.autoscaling.runner import AUTOSCALE_EVERY_S, AutoscaleJob
 from llmctl.controlplane.db.models import utcnow
 from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.errors import ControlPlaneError
@@ -30,6 +31,7 @@ STALE_NODES = "stale-nodes"
 QUALITY_PURGE = "quality-purge"
 TRAFFIC_PURGE = "traffic-purge"
 OPTIMIZE = "optimize"
+AUTOSCALE = "autoscale"
 OPTIMIZE_EVERY_S = 2.0
 QUALITY_PURGE_EVERY_S = 600.0
 TRAFFIC_PURGE_EVERY_S = 600.0
@@ -44,19 +46,24 @@ class Job:
 
 def control_plane_jobs(reconciler: Reconciler, *, reconcile_interval_s: float, node_timeout_s: float,
                        db: sessionmaker[Session] | None = None, quality_retention_s: float | None = None,
-                       optimizer: Optimizer | None = None, traffic_retention_s: float | None = None) -> list[Job]:
+                       optimizer: Optimizer | None = None, traffic_retention_s: float | None = None,
+                       autoscaler: AutoscaleJob | None = None) -> list[Job]:
     """The schedule. The stale-node check runs often enough that a dead node is noticed within about a
     fifth of node_timeout_s after its deadline passes. Stored quality samples older than the retention
     period are purged every QUALITY_PURGE_EVERY_S (or sooner for a shorter retention), recorded traffic
     likewise every TRAFFIC_PURGE_EVERY_S. The optimizer moves
     its runs forward every OPTIMIZE_EVERY_S, and at once when woken (a measurement came back, a run
-    started); it runs on this thread, so it never races the reconciler over trial replicas."""
+    started); it runs on this thread, so it never races the reconciler over trial replicas. The autoscaler
+    evaluates every AUTOSCALE_EVERY_S, on this thread too, so the count it sets and the reconciler's pass
+    never interleave."""
     jobs = [
         Job(STALE_NODES, every_s=max(0.2, min(1.0, node_timeout_s / 5)), run=reconciler.check_stale_nodes),
         Job(RECONCILE, every_s=reconcile_interval_s, run=reconciler.reconcile),
     ]
     if optimizer is not None:
         jobs.append(Job(OPTIMIZE, every_s=OPTIMIZE_EVERY_S, run=optimizer.tick))
+    if autoscaler is not None:
+        jobs.append(Job(AUTOSCALE, every_s=AUTOSCALE_EVERY_S, run=autoscaler.tick))
     if db is not None and quality_retention_s is not None:
         retention = quality_retention_s
         jobs.append(Job(QUALITY_PURGE, every_s=min(QUALITY_PURGE_EVERY_S, max(0.2, retention / 4)),

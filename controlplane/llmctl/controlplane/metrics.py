@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -39,6 +40,8 @@ class Snapshot:
 class ControlPlaneMetrics:
     def __init__(self, registry: CollectorRegistry, fleet: Fleet) -> None:
         self.snapshot = Snapshot()
+        self.autoscaler: Any = None
+        """The AutoscaleJob, whose last evaluations are exported (set once it exists)."""
         self.actions = Counter(
             "llmctl_reconcile_actions",
             "Decisions the reconciler carried out: start, stop, lost, give_up, rollout_failed, rollback, "
@@ -87,3 +90,26 @@ class _Collector:
             ready.add_metric([name], have)
         yield desired
         yield ready
+        yield from _autoscaler_families(self._metrics.autoscaler)
+
+
+def _autoscaler_families(autoscaler: Any) -> Iterator[Metric]:
+    """Per autoscaled deployment: the count the policy wants now, and the load and target of the signal that
+    drove it (the reconciler's llmctl_deployment_replicas_desired / _ready give what is asked and what runs)."""
+    wanted = GaugeMetricFamily("llmctl_autoscaler_recommended_replicas",
+                               "Replicas the autoscaling policy wants now (applied unless the mode is advisory).",
+                               labels=["deployment", "mode", "signal"])
+    load = GaugeMetricFamily("llmctl_autoscaler_signal_load",
+                             "The driving signal's load: waiting requests, or KV usage summed over replicas.",
+                             labels=["deployment", "signal"])
+    target = GaugeMetricFamily("llmctl_autoscaler_signal_target", "The driving signal's target per replica.",
+                               labels=["deployment", "signal"])
+    evaluations = autoscaler.evaluations if autoscaler is not None else {}
+    for name, e in sorted(evaluations.items()):
+        wanted.add_metric([name, e.mode, e.signal], e.desired)
+        if e.load is not None and e.target is not None:
+            load.add_metric([name, e.signal], e.load)
+            target.add_metric([name, e.signal], e.target)
+    yield wanted
+    yield load
+    yield target

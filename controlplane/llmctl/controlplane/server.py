@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from llmctl.controlplane.autoscaling.runner import AutoscaleJob
 from llmctl.controlplane.errors import InvalidArgument, Unavailable
 from llmctl.controlplane.fleet import Fleet
 from llmctl.controlplane.gateway.pricing import PriceTable
@@ -157,10 +158,11 @@ class ControlPlane:
                 runner.wake(OPTIMIZE)
 
             self.optimizer = Optimizer(db, self.fleet, pricing=pricing, on_change=poke, wake=poke_optimizer)
+            self.autoscaler = metrics.autoscaler = AutoscaleJob(db, self.fleet, on_change=poke)
             jobs = control_plane_jobs(reconciler, reconcile_interval_s=config.reconcile_interval_s,
                                       node_timeout_s=config.node_timeout_s, db=db,
                                       quality_retention_s=config.quality_retention_s, optimizer=self.optimizer,
-                                      traffic_retention_s=config.traffic_retention_s)
+                                      traffic_retention_s=config.traffic_retention_s, autoscaler=self.autoscaler)
             runner = self._jobs = JobRunner(jobs)
 
             self.quality = QualityWorker(db, self.sampler, on_rollback=poke, registry=self.registry)
@@ -189,7 +191,7 @@ class ControlPlane:
             server)
         pb_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(db, self.fleet, on_change=poke, stopping=self._stopping, optimizer=self.optimizer,
-                          on_optimize=poke_optimizer), server)
+                          on_optimize=poke_optimizer, autoscaler=self.autoscaler), server)
         address = _join(config.grpc_host, config.grpc_port)
         try:
             port = server.add_insecure_port(address)

@@ -36,6 +36,7 @@ from llmctl.controlplane.commands.common import (
     print_table,
 )
 from llmctl.controlplane.commands.render import (
+    autoscale_policy_text,
     config_changes,
     deployment_dict,
     number,
@@ -292,6 +293,7 @@ def status(
         f"{d['ready_replicas']}/{d['desired_replicas']} replicas ready, quality {d['quality_state']}"
     )
     typer.echo(f"  {quality_policy_text(d['quality'])}")
+    typer.echo(f"  {autoscale_policy_text(d['autoscaling'])}")
     req_s, ttft, tok_s, queue = _stats_cells(d["stats"])
     kv = number(d["stats"]["kv_cache_usage"] and 100 * d["stats"]["kv_cache_usage"], 0, "%")
     typer.echo(
@@ -328,7 +330,7 @@ def scale(
         deployment = client.scale(name, replicas)
         if output == Output.table:
             typer.echo(f"{name}: scaled to {deployment.desired_replicas} replica(s)")
-            room = fleet_room(client.list_nodes(), deployment)
+            room = fleet_room(client.list_nodes(), client.list_deployments(), name)
             if replicas > room:
                 console(stderr=True).print(
                     f"[yellow]only {room} replica slot(s) are free for {name} on the healthy nodes (a CPU node "
@@ -341,15 +343,15 @@ def scale(
         print_json(deployment_dict(deployment))
 
 
-def fleet_room(nodes: list[Any], deployment: Any) -> int:
-    """Replicas `deployment` can have on the healthy nodes: their slots, less those other deployments hold."""
+def fleet_room(nodes: list[Any], deployments: list[Any], name: str) -> int:
+    """Replicas deployment `name` can have on the healthy nodes: their slots, less the replicas other deployments
+    hold there (from one listing of the deployments, so that a replica placed meanwhile is not counted twice)."""
     from llmctl.controlplane.proto import llmctl_pb2 as pb
 
-    healthy = [n for n in nodes if n.state == "healthy"]
-    if not healthy:
-        return 0
-    mine = sum(r.state != pb.REPLICA_STATE_STOPPED for r in deployment.replicas)
-    return sum(n.max_replicas for n in healthy) - sum(n.replica_count for n in healthy) + mine
+    healthy = {n.name: n.max_replicas for n in nodes if n.state == "healthy"}
+    others = sum(1 for d in deployments if d.name != name for r in d.replicas
+                 if r.node in healthy and r.state != pb.REPLICA_STATE_STOPPED)
+    return max(0, sum(healthy.values()) - others)
 
 
 def _wait(client: Any, name: str, revision: int, after: int, timeout: float, output: Output) -> Any:

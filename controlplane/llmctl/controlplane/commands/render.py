@@ -62,7 +62,25 @@ def deployment_dict(deployment: Any) -> dict[str, Any]:
         "updated_at": deployment.updated_at,
         "quality": quality_policy_dict(deployment.quality),
         "quality_state": deployment.quality_state or "ok",
+        "autoscaling": autoscale_policy_dict(deployment.autoscaling) if deployment.HasField("autoscaling") else None,
     }
+
+
+def autoscale_policy_dict(policy: Any) -> dict[str, Any]:
+    return {"min_replicas": policy.min_replicas, "max_replicas": policy.max_replicas,
+            "target_queue": policy.target_queue,
+            "target_kv_usage": policy.target_kv_usage if policy.HasField("target_kv_usage") else None,
+            "scale_up_window_s": policy.scale_up_window_s, "scale_down_window_s": policy.scale_down_window_s,
+            "max_step": policy.max_step, "mode": policy.mode}
+
+
+def autoscale_policy_text(policy: dict[str, Any] | None) -> str:
+    if policy is None:
+        return "autoscaling off (replicas set by hand)"
+    kv = f", KV usage {policy['target_kv_usage']:g}" if policy["target_kv_usage"] is not None else ""
+    return (f"autoscaling {policy['mode']}: {policy['min_replicas']}-{policy['max_replicas']} replicas, target queue "
+            f"{policy['target_queue']:g}{kv}, up after {policy['scale_up_window_s']:g}s, down after "
+            f"{policy['scale_down_window_s']:g}s, at most {policy['max_step']} at a time")
 
 
 def quality_policy_dict(policy: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from llmctl.controlplane.commands.common import (
 from llmctl.controlplane.commands.render import when
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
-_UNIT_S = {"": 60.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 STATS = (("prompt_tokens", "prompt tokens"), ("completion_tokens", "output tokens"),
          ("shared_prefix_tokens", "shared prefix tokens"), ("interarrival_s", "seconds between arrivals"))
 
@@ -31,12 +31,13 @@ def register(app: typer.Typer) -> None:
     app.command("traffic")(traffic)
 
 
-def parse_window(flag: str, text: str) -> float:
-    """'60m', '90s', '2h', '1d' (a bare number is minutes) -> seconds."""
+def parse_window(flag: str, text: str, *, bare: str = "m", allow_zero: bool = False) -> float:
+    """'60m', '90s', '2h', '1d' -> seconds; a bare number is in `bare` units (minutes unless said)."""
     match = _DURATION.fullmatch(text.strip())
-    seconds = float(match.group(1)) * _UNIT_S[match.group(2).lower()] if match else 0.0
-    if not seconds > 0:
-        fail(f"{flag} takes a duration like 90s, 60m, 2h or 1d (a bare number is minutes), got {text!r}")
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2).lower() or bare] if match else -1.0
+    if not (seconds > 0 or allow_zero and seconds == 0):
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[bare]
+        fail(f"{flag} takes a duration like 90s, 60m, 2h or 1d (a bare number is {unit}), got {text!r}")
     return seconds
 
 

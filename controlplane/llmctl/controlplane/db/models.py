@@ -130,6 +130,12 @@ class SampleStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+class AutoscaleMode(enum.StrEnum):
+    ON = "on"
+    ADVISORY = "advisory"
+    OFF = "off"
+
+
 def _string_enum(enum_class: type[enum.StrEnum], name: str) -> Enum:
     # Stored as plain strings with a CHECK, so adding a state later is a one-line migration everywhere.
     return Enum(
@@ -213,6 +219,9 @@ class Deployment(Base):
         order_by="Revision.number",
     )
     replicas: Mapped[list[Replica]] = relationship(back_populates="deployment", cascade="all, delete-orphan")
+    autoscaling: Mapped[Autoscaling | None] = relationship(
+        back_populates="deployment", cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class Revision(Base):
@@ -355,6 +364,48 @@ class TrafficSample(Base):
     prompt_tokens: Mapped[int]
     completion_tokens: Mapped[int]
     shared_prefix_tokens: Mapped[int]
+
+
+class Autoscaling(Base):
+    """A deployment's autoscaling policy (autoscaling/policy.py AutoscalePolicy, field for field). While its
+    mode is on, the autoscaler is the only writer of the deployment's desired_replicas."""
+
+    __tablename__ = "autoscaling"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), unique=True)
+    min_replicas: Mapped[int]
+    max_replicas: Mapped[int]
+    target_queue: Mapped[float] = mapped_column(Double)
+    target_kv_usage: Mapped[float | None] = mapped_column(Double)
+    scale_up_window_s: Mapped[float] = mapped_column(Double)
+    scale_down_window_s: Mapped[float] = mapped_column(Double)
+    max_step: Mapped[int]
+    mode: Mapped[AutoscaleMode] = mapped_column(_string_enum(AutoscaleMode, "autoscale_mode"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128))
+
+    deployment: Mapped[Deployment] = relationship(back_populates="autoscaling")
+
+
+class AutoscaleDecision(Base):
+    """One autoscaling decision that changed (or, in advisory mode, would have changed) a replica count, or
+    that was refused: what the signals said and why. deployment_name survives the deployment, like events."""
+
+    __tablename__ = "autoscale_decisions"
+    __table_args__ = (Index("ix_autoscale_decisions_deployment_name_at", "deployment_name", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    mode: Mapped[AutoscaleMode] = mapped_column(_string_enum(AutoscaleMode, "autoscale_mode"))
+    current: Mapped[int]
+    desired: Mapped[int]
+    applied: Mapped[bool] = mapped_column(Boolean)
+    signal: Mapped[str] = mapped_column(String(16))
+    load: Mapped[float | None] = mapped_column(Double)
+    target: Mapped[float | None] = mapped_column(Double)
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class QualitySample(Base):

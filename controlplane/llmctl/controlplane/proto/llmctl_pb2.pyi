@@ -331,7 +331,7 @@ class DeploymentStats(_message.Message):
     def __init__(self, requests_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., queue_depth: _Optional[float] = ..., ttft_p50_s: _Optional[float] = ..., tpot_p50_s: _Optional[float] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model", "revision", "desired_replicas", "ready_replicas", "engine_config_json", "weight_quantization", "kv_cache_dtype", "replicas", "stats", "created_at", "updated_at", "quality", "quality_state")
+    __slots__ = ("name", "model", "revision", "desired_replicas", "ready_replicas", "engine_config_json", "weight_quantization", "kv_cache_dtype", "replicas", "stats", "created_at", "updated_at", "quality", "quality_state", "autoscaling")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +346,7 @@ class Deployment(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     QUALITY_STATE_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     revision: int
@@ -360,7 +361,96 @@ class Deployment(_message.Message):
     updated_at: float
     quality: QualityPolicy
     quality_state: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., engine_config_json: _Optional[str] = ..., weight_quantization: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., stats: _Optional[_Union[DeploymentStats, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., quality: _Optional[_Union[QualityPolicy, _Mapping]] = ..., quality_state: _Optional[str] = ...) -> None: ...
+    autoscaling: AutoscalePolicy
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., engine_config_json: _Optional[str] = ..., weight_quantization: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., stats: _Optional[_Union[DeploymentStats, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., quality: _Optional[_Union[QualityPolicy, _Mapping]] = ..., quality_state: _Optional[str] = ..., autoscaling: _Optional[_Union[AutoscalePolicy, _Mapping]] = ...) -> None: ...
+
+class AutoscalePolicy(_message.Message):
+    __slots__ = ("min_replicas", "max_replicas", "target_queue", "target_kv_usage", "scale_up_window_s", "scale_down_window_s", "max_step", "mode")
+    MIN_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KV_USAGE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_UP_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    SCALE_DOWN_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEP_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    min_replicas: int
+    max_replicas: int
+    target_queue: float
+    target_kv_usage: float
+    scale_up_window_s: float
+    scale_down_window_s: float
+    max_step: int
+    mode: str
+    def __init__(self, min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., target_queue: _Optional[float] = ..., target_kv_usage: _Optional[float] = ..., scale_up_window_s: _Optional[float] = ..., scale_down_window_s: _Optional[float] = ..., max_step: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class SetAutoscalingRequest(_message.Message):
+    __slots__ = ("deployment", "policy")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    policy: AutoscalePolicy
+    def __init__(self, deployment: _Optional[str] = ..., policy: _Optional[_Union[AutoscalePolicy, _Mapping]] = ...) -> None: ...
+
+class GetAutoscalingRequest(_message.Message):
+    __slots__ = ("deployment", "limit")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    limit: int
+    def __init__(self, deployment: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AutoscaleDecision(_message.Message):
+    __slots__ = ("id", "at", "mode", "current", "desired", "applied", "signal", "load", "target", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    at: float
+    mode: str
+    current: int
+    desired: int
+    applied: bool
+    signal: str
+    load: float
+    target: float
+    reason: str
+    def __init__(self, id: _Optional[int] = ..., at: _Optional[float] = ..., mode: _Optional[str] = ..., current: _Optional[int] = ..., desired: _Optional[int] = ..., applied: _Optional[bool] = ..., signal: _Optional[str] = ..., load: _Optional[float] = ..., target: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AutoscaleEvaluation(_message.Message):
+    __slots__ = ("current", "desired", "signal", "load", "target", "reason")
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    current: int
+    desired: int
+    signal: str
+    load: float
+    target: float
+    reason: str
+    def __init__(self, current: _Optional[int] = ..., desired: _Optional[int] = ..., signal: _Optional[str] = ..., load: _Optional[float] = ..., target: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Autoscaling(_message.Message):
+    __slots__ = ("deployment", "policy", "last", "decisions")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    policy: AutoscalePolicy
+    last: AutoscaleEvaluation
+    decisions: _containers.RepeatedCompositeFieldContainer[AutoscaleDecision]
+    def __init__(self, deployment: _Optional[str] = ..., policy: _Optional[_Union[AutoscalePolicy, _Mapping]] = ..., last: _Optional[_Union[AutoscaleEvaluation, _Mapping]] = ..., decisions: _Optional[_Iterable[_Union[AutoscaleDecision, _Mapping]]] = ...) -> None: ...
 
 class QualityPolicy(_message.Message):
     __slots__ = ("sample_rate", "auto_rollback", "threshold", "reference_revision")

@@ -185,6 +185,16 @@ class AdminServiceStub:
                 request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ScaleRequest.SerializeToString,
                 response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.FromString,
                 _registered_method=True)
+        self.SetAutoscaling = channel.unary_unary(
+                '/llmctl.v1.AdminService/SetAutoscaling',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetAutoscalingRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Autoscaling.FromString,
+                _registered_method=True)
+        self.GetAutoscaling = channel.unary_unary(
+                '/llmctl.v1.AdminService/GetAutoscaling',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetAutoscalingRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Autoscaling.FromString,
+                _registered_method=True)
         self.DeleteDeployment = channel.unary_unary(
                 '/llmctl.v1.AdminService/DeleteDeployment',
                 request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.DeleteDeploymentRequest.SerializeToString,
@@ -315,6 +325,20 @@ class AdminServiceServicer:
 
     def Scale(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAutoscaling(self, request, context):
+        """Sets (creates or replaces) a deployment's autoscaling policy; mode "off" keeps it stored but idle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAutoscaling(self, request, context):
+        """The policy, the autoscaler's last evaluation and its decisions, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -470,6 +494,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Scale,
                     request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ScaleRequest.FromString,
                     response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.SerializeToString,
+            ),
+            'SetAutoscaling': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAutoscaling,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetAutoscalingRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Autoscaling.SerializeToString,
+            ),
+            'GetAutoscaling': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAutoscaling,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetAutoscalingRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Autoscaling.SerializeToString,
             ),
             'DeleteDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDeployment,
@@ -725,6 +759,60 @@ class AdminService:
             '/llmctl.v1.AdminService/Scale',
             llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ScaleRequest.SerializeToString,
             llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAutoscaling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/SetAutoscaling',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetAutoscalingRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Autoscaling.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAutoscaling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/GetAutoscaling',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetAutoscalingRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Autoscaling.FromString,
             options,
             channel_credentials,
             insecure,

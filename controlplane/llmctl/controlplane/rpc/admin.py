@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import grpc
 from sqlalchemy.orm import Session, sessionmaker
 
+from llmctl.controlplane.autoscaling.runner import AutoscaleJob
 from llmctl.controlplane.db.models import Deployment, utcnow
 from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.errors import InvalidArgument
@@ -22,6 +23,7 @@ from llmctl.controlplane.proto import llmctl_pb2 as pb
 from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
 from llmctl.controlplane.reconciler import live_replicas
 from llmctl.controlplane.rpc import convert
+from llmctl.controlplane.services import autoscaling as autoscaling_service
 from llmctl.controlplane.services import check_count, quality_fields
 from llmctl.controlplane.services import deployments as deployments_service
 from llmctl.controlplane.services import events as events_service
@@ -45,8 +47,9 @@ WATCH_POLL_S = 0.25
 class AdminServicer(pb_grpc.AdminServiceServicer):
     def __init__(self, db: sessionmaker[Session], fleet: Fleet, *, on_change: Callable[[], None],
                  stopping: threading.Event, optimizer: Optimizer | None = None,
-                 on_optimize: Callable[[], None] = lambda: None) -> None:
+                 on_optimize: Callable[[], None] = lambda: None, autoscaler: AutoscaleJob | None = None) -> None:
         self._db, self._fleet = db, fleet
+        self._autoscaler = autoscaler
         self._on_change = on_change
         self._stopping = stopping
         self._optimizer = optimizer
@@ -112,6 +115,27 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             response = self._deployment(session, deployment)
         self._on_change()
         return response
+
+    def SetAutoscaling(self, request: pb.SetAutoscalingRequest, context: grpc.ServicerContext) -> pb.Autoscaling:
+        if not request.HasField("policy"):
+            raise InvalidArgument("an autoscaling policy is required")
+        policy = convert.autoscale_policy_from_proto(request.policy)
+        with session_scope(self._db) as session:
+            autoscaling_service.set_autoscaling(session, name=request.deployment, policy=policy, actor=ACTOR)
+            response = self._autoscaling(session, request.deployment, 0)
+        self._on_change()
+        return response
+
+    def GetAutoscaling(self, request: pb.GetAutoscalingRequest, context: grpc.ServicerContext) -> pb.Autoscaling:
+        check_count("limit", request.limit, 0, 1000)
+        with session_scope(self._db) as session:
+            return self._autoscaling(session, request.deployment, request.limit or autoscaling_service.HISTORY_LIMIT)
+
+    def _autoscaling(self, session: Session, name: str, limit: int) -> pb.Autoscaling:
+        row = autoscaling_service.get_autoscaling(session, name)
+        decisions = autoscaling_service.history(session, name, limit) if limit else []
+        last = self._autoscaler.evaluations.get(name) if self._autoscaler is not None else None
+        return convert.autoscaling_to_proto(name, row, last, decisions)
 
     def DeleteDeployment(self, request: pb.DeleteDeploymentRequest,
                          context: grpc.ServicerContext) -> pb.DeleteDeploymentResponse:

@@ -8,7 +8,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from llmctl.controlplane.autoscaling.policy import AutoscalePolicy, Evaluation, Mode
 from llmctl.controlplane.db.models import (
+    AutoscaleDecision,
+    Autoscaling,
     Deployment,
     Event,
     Node,
@@ -23,6 +26,7 @@ from llmctl.controlplane.db.models import (
 from llmctl.controlplane.errors import InvalidArgument
 from llmctl.controlplane.fleet import Fleet, NodeTelemetry
 from llmctl.controlplane.proto import llmctl_pb2 as pb
+from llmctl.controlplane.services.autoscaling import make_policy
 from llmctl.controlplane.services.quality import RevisionSummary, reference_revision
 
 _STATE_TO_PROTO = {
@@ -133,7 +137,40 @@ def deployment_to_proto(deployment: Deployment, replicas: list[Replica], fleet: 
         updated_at=unix(deployment.updated_at),
         quality=quality_policy_to_proto(deployment),
         quality_state=quality_state,
+        autoscaling=autoscale_policy_to_proto(deployment.autoscaling) if deployment.autoscaling else None,
     )
+
+
+def autoscale_policy_to_proto(row: Autoscaling) -> pb.AutoscalePolicy:
+    return pb.AutoscalePolicy(min_replicas=row.min_replicas, max_replicas=row.max_replicas,
+                              target_queue=row.target_queue, target_kv_usage=row.target_kv_usage,
+                              scale_up_window_s=row.scale_up_window_s, scale_down_window_s=row.scale_down_window_s,
+                              max_step=row.max_step, mode=row.mode.value)
+
+
+def autoscale_policy_from_proto(msg: pb.AutoscalePolicy) -> AutoscalePolicy:
+    """The policy a request asks for, checked (InvalidArgument says which value cannot work)."""
+    try:
+        mode = Mode(msg.mode or "on")
+    except ValueError:
+        raise InvalidArgument(f"autoscaling mode must be on, advisory or off, got {msg.mode!r}") from None
+    return make_policy(min_replicas=msg.min_replicas, max_replicas=msg.max_replicas, target_queue=msg.target_queue,
+                       target_kv_usage=msg.target_kv_usage if msg.HasField("target_kv_usage") else None,
+                       scale_up_window_s=msg.scale_up_window_s, scale_down_window_s=msg.scale_down_window_s,
+                       max_step=msg.max_step, mode=mode)
+
+
+def autoscaling_to_proto(name: str, row: Autoscaling | None, last: Evaluation | None,
+                         decisions: list[AutoscaleDecision]) -> pb.Autoscaling:
+    out = pb.Autoscaling(deployment=name, policy=autoscale_policy_to_proto(row) if row is not None else None)
+    if last is not None:
+        out.last.CopyFrom(pb.AutoscaleEvaluation(current=last.current, desired=last.desired, signal=last.signal,
+                                                 load=last.load, target=last.target, reason=last.reason))
+    out.decisions.extend(
+        pb.AutoscaleDecision(id=d.id, at=unix(d.at), mode=d.mode.value, current=d.current, desired=d.desired,
+                             applied=d.applied, signal=d.signal, load=d.load, target=d.target, reason=d.reason)
+        for d in decisions)
+    return out
 
 
 def quality_policy_to_proto(deployment: Deployment) -> pb.QualityPolicy:

@@ -20,7 +20,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from llmctl.agent.engine.config import EngineConfig
 from llmctl.agent.engine.errors import InvalidRequest
-from llmctl.controlplane.db.models import Deployment, Revision, utcnow
+from llmctl.controlplane.db.models import AutoscaleMode, Deployment, Revision, utcnow
 from llmctl.controlplane.errors import Conflict, InvalidArgument, NotFound
 from llmctl.controlplane.services import check_count, check_name, locks_rows
 from llmctl.controlplane.services.events import record_event
@@ -89,7 +89,8 @@ def deploy(
                 },
             )
         if replicas is not None and replicas != deployment.desired_replicas:
-            _set_replicas(session, deployment, replicas, actor)
+            _refuse_if_autoscaled(deployment, replicas)
+            set_replicas(session, deployment, replicas, actor)
         return deployment, revision, created
 
 
@@ -191,11 +192,26 @@ def scale(session: Session, *, name: str, replicas: int, actor: str = "admin") -
     with _one_writer(name):
         deployment = get_deployment(session, name, for_update=True)
         if replicas != deployment.desired_replicas:
-            _set_replicas(session, deployment, replicas, actor)
+            _refuse_if_autoscaled(deployment, replicas)
+            set_replicas(session, deployment, replicas, actor)
         return deployment
 
 
-def _set_replicas(session: Session, deployment: Deployment, replicas: int, actor: str) -> None:
+def _refuse_if_autoscaled(deployment: Deployment, replicas: int) -> None:
+    """One writer: while autoscaling is on, only the autoscaler sets the replica count (advisory mode only
+    watches, so a manual count stands)."""
+    policy = deployment.autoscaling
+    if policy is not None and policy.mode == AutoscaleMode.ON:
+        raise Conflict(
+            f"deployment {deployment.name!r} is autoscaled between {policy.min_replicas} and {policy.max_replicas} "
+            f"replicas, so it is not scaled by hand to {replicas}: change the bounds with `llmctl autoscale "
+            f"{deployment.name} --min N --max M`, or hand the count back with `llmctl autoscale {deployment.name} "
+            "--off` (or --advisory)"
+        )
+
+
+def set_replicas(session: Session, deployment: Deployment, replicas: int, actor: str) -> None:
+    """Set desired_replicas and record the event (the caller holds the deployment for update)."""
     before = deployment.desired_replicas
     deployment.desired_replicas = replicas
     deployment.updated_at = utcnow()
