@@ -103,3 +103,47 @@ def test_queue_depth_scales_up_to_a_second_replica_and_back_without_a_failed_req
     finally:
         agent.stop()
         plane.stop(grace_s=1)
+
+
+def test_scale_to_zero_then_the_requests_that_wait_are_served_by_a_fresh_replica(
+        tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LLMCTL_HOME", str(tmp_path / "home"))
+    plane = ControlPlane(ServerConfig(database_url=f"sqlite:///{tmp_path / 'llmctl.db'}", grpc_port=0,
+                                      gateway_port=0, admin_token=ADMIN_TOKEN, home=tmp_path / "cp",
+                                      reconcile_interval_s=0.2, heartbeat_interval_s=0.5,
+                                      cold_start_max_held=3, cold_start_hold_s=120))
+    plane.start()
+    agent = AgentDaemon(AgentConfig(plane.grpc_address, plane.join_token, node_name="cpu-box",
+                                    log_dir=tmp_path / "logs", telemetry_interval_s=0.5, max_backoff_s=1.0))
+    agent.start()
+    try:
+        code, out = llmctl(plane, "deploy", "chat", "--model", str(tiny_llama), *ENGINE)
+        assert code == 0, out
+        key = __import__("json").loads(llmctl(plane, "tenants", "create", "acme", "--output", "json")[1])["api_key"]
+        code, out = llmctl(plane, "autoscale", "chat", "--min", "0", "--max", "1", "--target-kv-usage", "off",
+                           "--scale-up-window", "0s", "--scale-down-window", "3s")
+        assert code == 0, out
+        wait_for(lambda: not agent.statuses(), 60, "the deployment to scale to zero after a quiet window")
+
+        def ask() -> httpx.Response:
+            return httpx.post(f"{plane.gateway_url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                              json={"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
+                              timeout=120)
+
+        answers: list[httpx.Response] = []
+        waiting = [threading.Thread(target=lambda: answers.append(ask())) for _ in range(3)]
+        for t in waiting:
+            t.start()
+        # A replica takes seconds to start (spawn, import torch, load, warm up): the three wait meanwhile.
+        wait_for(lambda: plane.hold.held("chat") == 3, 30, "three requests held at the gateway")
+        refused = ask()  # the bound: a fourth is refused at once, with when to come back
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert "3 requests already wait" in refused.json()["error"]["message"]
+        for t in waiting:
+            t.join(timeout=120)
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        code, history = llmctl(plane, "autoscale", "history", "chat")
+        assert "on 0 1 yes" in history and "from zero" in history
+    finally:
+        agent.stop()
+        plane.stop(grace_s=1)

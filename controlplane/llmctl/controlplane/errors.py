@@ -50,8 +50,14 @@ class InvalidArgument(ControlPlaneError):
 
 
 class Unavailable(ControlPlaneError):
+    """The system cannot do it now; `retry_after` seconds is when trying again makes sense (None: unknown)."""
+
     grpc_code = "UNAVAILABLE"
     http_status = 503
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ResourceExhausted(ControlPlaneError):

@@ -38,6 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from llmctl.controlplane.db.models import (
+    AutoscaleMode,
     Deployment,
     Node,
     NodeState,
@@ -132,6 +133,8 @@ class _Pass:
     known: dict[int, tuple[ReplicaState, str | None]] = field(default_factory=dict)
     endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
     sample_rates: dict[str, float] = field(default_factory=dict)
+    holds: set[str] = field(default_factory=set)
+    """Deployments autoscaled (mode on): their requests wait at the gateway for a first replica."""
     gpus: dict[int, str] = field(default_factory=dict)
     snapshot: Snapshot = field(default_factory=Snapshot)
 
@@ -411,6 +414,8 @@ class Reconciler:
         """Everything acted on after the commit: routes, commands, metrics."""
         for deployment in deployments:
             work.endpoints[deployment.name] = []
+            if deployment.autoscaling is not None and deployment.autoscaling.mode == AutoscaleMode.ON:
+                work.holds.add(deployment.name)
         ready_current: Counter[str] = Counter()
         for r in rows:
             node = r.node.name if r.node is not None else None
@@ -435,6 +440,7 @@ class Reconciler:
             self.routes.set_endpoints(name, endpoints)
         for name in set(self.routes.deployments()) - set(work.endpoints):
             self.routes.remove(name)
+        self.routes.set_holds(work.holds)
         self.sampling.replace(work.sample_rates)
 
     def _send(self, work: _Pass) -> None:

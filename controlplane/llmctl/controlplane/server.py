@@ -29,10 +29,11 @@ from prometheus_client import CollectorRegistry
 from llmctl.controlplane.autoscaling.runner import AutoscaleJob
 from llmctl.controlplane.errors import InvalidArgument, Unavailable
 from llmctl.controlplane.fleet import Fleet
+from llmctl.controlplane.gateway.holding import ColdStartHold
 from llmctl.controlplane.gateway.pricing import PriceTable
 from llmctl.controlplane.gateway.routes import RouteTable
 from llmctl.controlplane.gateway.sampling import QualitySampler, SamplingTable
-from llmctl.controlplane.jobs import OPTIMIZE, RECONCILE, JobRunner, control_plane_jobs
+from llmctl.controlplane.jobs import AUTOSCALE, OPTIMIZE, RECONCILE, JobRunner, control_plane_jobs
 from llmctl.controlplane.metrics import ControlPlaneMetrics
 from llmctl.controlplane.optimizer.runner import Optimizer
 from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
@@ -79,6 +80,10 @@ class ServerConfig:
     """Stored quality samples (prompts and answers) are purged this long after they were sampled."""
     traffic_retention_s: float = 7 * 24 * 3600.0
     """Recorded traffic (the shape of each gateway request, no content) is purged this long after it arrived."""
+    cold_start_hold_s: float = 300.0
+    """A request for an autoscaled deployment with no ready replica waits this long for one (scale from zero)."""
+    cold_start_max_held: int = 100
+    """At most this many requests wait so per deployment; more get 503 with Retry-After at once."""
     home: Path | None = None
     """$LLMCTL_HOME override (tests)."""
 
@@ -89,7 +94,7 @@ class ServerConfig:
                 raise InvalidArgument(
                     f"{name} must be a port number 0-65535 (0: any free port), got {port!r}")
         for name in ("node_timeout_s", "rollout_timeout_s", "heartbeat_interval_s", "reconcile_interval_s",
-                     "quality_retention_s", "traffic_retention_s"):
+                     "quality_retention_s", "traffic_retention_s", "cold_start_hold_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise InvalidArgument(f"{name} must be a positive number of seconds, got {value!r}")
@@ -158,7 +163,11 @@ class ControlPlane:
                 runner.wake(OPTIMIZE)
 
             self.optimizer = Optimizer(db, self.fleet, pricing=pricing, on_change=poke, wake=poke_optimizer)
-            self.autoscaler = metrics.autoscaler = AutoscaleJob(db, self.fleet, on_change=poke)
+            # Requests held for a deployment at zero replicas wake the autoscaler, which asks for a first one.
+            self.hold = ColdStartHold(self.routes, max_held=config.cold_start_max_held,
+                                      timeout_s=config.cold_start_hold_s, on_hold=lambda _name: runner.wake(AUTOSCALE))
+            self.autoscaler = metrics.autoscaler = AutoscaleJob(db, self.fleet, on_change=poke,
+                                                                gateway_queue=self.hold.held)
             jobs = control_plane_jobs(reconciler, reconcile_interval_s=config.reconcile_interval_s,
                                       node_timeout_s=config.node_timeout_s, db=db,
                                       quality_retention_s=config.quality_retention_s, optimizer=self.optimizer,
@@ -213,7 +222,7 @@ class ControlPlane:
         assert self.reconciler is not None
         app = build_gateway_app(routes=self.routes, db_factory=db, pricing=pricing,
                                 gpu_of=self.reconciler.gpu_of, metrics_registry=self.registry,
-                                sampler=self.sampler)
+                                sampler=self.sampler, hold=self.hold)
         family = socket.AF_INET6 if ":" in config.gateway_host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

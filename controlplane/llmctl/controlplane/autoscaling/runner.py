@@ -37,9 +37,11 @@ AUTOSCALE_EVERY_S = 2.0
 
 class AutoscaleJob:
     def __init__(self, db: sessionmaker[Session], fleet: Fleet, *, on_change: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """on_change: called after a decision was applied (wake the reconciler)."""
+                 gateway_queue: Callable[[str], int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        """on_change: called after a decision was applied (wake the reconciler); gateway_queue(deployment): the
+        requests the gateway holds for it (gateway/holding.py)."""
         self._db, self._fleet, self._on_change, self._clock = db, fleet, on_change, clock
+        self._gateway_queue = gateway_queue
         self._scalers: dict[int, tuple[AutoscalePolicy, Autoscaler]] = {}
         self._advised: dict[int, tuple[int, int]] = {}
         """Deployment id -> (current, desired) of the last advisory decision recorded, so an unchanged
@@ -101,4 +103,5 @@ class AutoscaleJob:
                 kv_usage=stats.kv_cache_usage if stats.HasField("kv_cache_usage") else None,
                 age_s=max(0.0, wall - telemetry.received_at),
             ))
-        return Signals(tuple(readings))
+        held = self._gateway_queue(deployment.name) if self._gateway_queue is not None else None
+        return Signals(tuple(readings), gateway_queue=held)

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmctl.controlplane.errors import ControlPlaneError, InvalidArgument
 from llmctl.controlplane.gateway.billing import Bill, TenantStore
+from llmctl.controlplane.gateway.holding import ColdStartHold
 from llmctl.controlplane.gateway.metrics import NO_DEPLOYMENT, GatewayMetrics
 from llmctl.controlplane.gateway.pricing import PriceTable
 from llmctl.controlplane.gateway.proxy import RelayStream, open_upstream, relay
@@ -53,7 +54,7 @@ class Gateway:
     def __init__(self, *, routes: RouteTable, db_factory: Any, limiter: RateLimiter, pricing: PriceTable,
                  gpu_of: Callable[[int], str | None], client: httpx.AsyncClient | None,
                  affinity_prefix_chars: int, load_margin: int, metrics_registry: CollectorRegistry | None,
-                 sampler: QualitySampler | None = None):
+                 sampler: QualitySampler | None = None, hold: ColdStartHold | None = None):
         if affinity_prefix_chars < 1:
             raise InvalidArgument(f"affinity_prefix_chars must be >= 1, got {affinity_prefix_chars}")
         self.routes, self.limiter, self.pricing, self.gpu_of = routes, limiter, pricing, gpu_of
@@ -64,6 +65,7 @@ class Gateway:
         self.affinity_prefix_chars = affinity_prefix_chars
         self.client = client
         self.sampler = sampler
+        self.hold = hold
         self.created = int(time.time())
 
     async def handle(self, request: Request, kind: str, path: str) -> Response:
@@ -75,6 +77,8 @@ class Gateway:
             raw = await request.body()
             body = parse_body(raw)
             model = body["model"]
+            if self.hold is not None:
+                await self.hold.wait_ready(model)  # an autoscaled deployment at zero replicas: wait for one
             self.router.check(model)
             label = model
             admission = self.limiter.admit(tenant, estimate_tokens(kind, body))
@@ -161,12 +165,12 @@ def build_gateway_app(*, routes: RouteTable, db_factory: Any, limiter: RateLimit
                       pricing: PriceTable | None = None, gpu_of: Callable[[int], str | None] | None = None,
                       client: httpx.AsyncClient | None = None, affinity_prefix_chars: int = 256,
                       load_margin: int = 4, metrics_registry: CollectorRegistry | None = None,
-                      sampler: QualitySampler | None = None) -> FastAPI:
+                      sampler: QualitySampler | None = None, hold: ColdStartHold | None = None) -> FastAPI:
     """The gateway app. Without `client` it makes its own for its lifespan (and closes it after)."""
     gw = Gateway(routes=routes, db_factory=db_factory, limiter=limiter or RateLimiter(),
                  pricing=pricing or PriceTable(), gpu_of=gpu_of or (lambda _replica_id: None), client=client,
                  affinity_prefix_chars=affinity_prefix_chars, load_margin=load_margin,
-                 metrics_registry=metrics_registry, sampler=sampler)
+                 metrics_registry=metrics_registry, sampler=sampler, hold=hold)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -30,6 +30,7 @@ class RouteTable:
         self._lock = threading.Lock()
         self._endpoints: dict[str, tuple[Endpoint, ...]] = {}
         self._outstanding: dict[int, int] = {}
+        self._holds: frozenset[str] = frozenset()
 
     def set_endpoints(self, deployment: str, endpoints: list[Endpoint]) -> None:
         """Replace the ready endpoints of `deployment` (an empty list: known, but nothing ready)."""
@@ -57,6 +58,16 @@ class RouteTable:
         """The ready endpoints of a deployment (clients send the deployment name as `model`); [] if none."""
         with self._lock:
             return list(self._endpoints.get(model_name, ()))
+
+    def set_holds(self, deployments: set[str]) -> None:
+        """The deployments whose requests wait at the gateway while none of their replicas is ready (those an
+        autoscaler will start a replica for: scale from zero) instead of failing at once."""
+        with self._lock:
+            self._holds = frozenset(deployments)
+
+    def holds(self, model_name: str) -> bool:
+        with self._lock:
+            return model_name in self._holds
 
     def knows(self, model_name: str) -> bool:
         """Whether the deployment exists, ready or not."""

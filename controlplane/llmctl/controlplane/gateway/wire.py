@@ -93,7 +93,8 @@ def error_body(status: int, message: str, code: str | None = None, param: str | 
 
 
 def error_response(exc: ControlPlaneError) -> JSONResponse:
-    """An OpenAI-style error; 429s carry Retry-After in whole seconds, rounded up."""
+    """An OpenAI-style error; 429s and 503s that know when to retry carry Retry-After in whole seconds, rounded
+    up."""
     status, headers, code = exc.http_status, {}, None
     if status == 401:
         code = "invalid_api_key"
@@ -101,7 +102,7 @@ def error_response(exc: ControlPlaneError) -> JSONResponse:
         code = "model_not_found"
     elif isinstance(exc, RateLimited):
         code = "insufficient_quota" if exc.limit == "monthly_tokens" else "rate_limit_exceeded"
-    if status == 429 and getattr(exc, "retry_after", None) is not None:
+    if status in (429, 503) and getattr(exc, "retry_after", None) is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return JSONResponse(error_body(status, exc.message, code), status_code=status, headers=headers)
 
