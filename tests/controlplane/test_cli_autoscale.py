@@ -58,6 +58,9 @@ def test_autoscale_sets_shows_merges_and_takes_the_count_from_manual_scaling(pla
                                                  plane.grpc_address, "--admin-token", ADMIN_TOKEN]).stdout)
     assert status["autoscaling"]["mode"] == "advisory" and status["autoscaling"]["target_kv_usage"] is None
 
+    code, out = llmctl(plane, "revisions", "chat")
+    assert code == 0 and "autoscaling advisory: 1-3 replicas" in out
+
     code, out = llmctl(plane, "autoscale", "history", "chat")
     assert code == 0 and "no decisions yet" in out
 

@@ -176,3 +176,12 @@ async def test_live_quality_report_is_polled_only_while_the_deployment_screen_is
         await pilot.pause(1.0)  # five poll intervals
         assert len(polled) == closed, "the report is still polled after its screen closed"
         assert feed._followed == {}  # noqa: SLF001
+
+
+def test_the_deployment_summary_shows_an_autoscaling_policy_and_nothing_without_one() -> None:
+    from llmctl.controlplane.proto import llmctl_pb2 as pb
+
+    d = pb.Deployment(name="chat", model="smollm2-135m", revision=1, desired_replicas=2, ready_replicas=2)
+    assert "autoscale" not in summary(d, "chat").plain
+    d.autoscaling.CopyFrom(pb.AutoscalePolicy(min_replicas=0, max_replicas=4, mode="advisory"))
+    assert "2/2 ready  none/auto  autoscale 0-4 advisory" in summary(d, "chat").plain

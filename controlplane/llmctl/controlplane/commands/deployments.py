@@ -36,6 +36,7 @@ from llmctl.controlplane.commands.common import (
     print_table,
 )
 from llmctl.controlplane.commands.render import (
+    autoscale_policy_dict,
     autoscale_policy_text,
     config_changes,
     deployment_dict,
@@ -208,8 +209,10 @@ def revisions(
     with admin_client(control_plane, admin_token) as client:
         found = client.list_revisions(name)
         report = client.get_quality(name)
+        scaling = client.get_autoscaling(name, limit=1)
     judged = {r.revision: r for r in report.revisions}
     policy = quality_policy_dict(report.policy)
+    autoscaling = autoscale_policy_dict(scaling.policy) if scaling.HasField("policy") else None
     by_number = {r.number: r for r in found}
     pair = diff or _default_pair(found)
     compared = None
@@ -229,9 +232,11 @@ def revisions(
     if output == Output.json:
         listed = [{**revision_dict(r), "quality": {"state": q.state, "samples": q.samples}
                    if (q := judged.get(r.number)) is not None else None} for r in found]
-        print_json({"deployment": name, "revisions": listed, "quality": policy, "diff": compared})
+        print_json({"deployment": name, "revisions": listed, "quality": policy, "autoscaling": autoscaling,
+                    "diff": compared})
         return
     typer.echo(quality_policy_text(policy))
+    typer.echo(autoscale_policy_text(autoscaling))
     print_table(
         f"{name}: revisions",
         ["REV", "CURRENT", "MODEL", "QUALITY", "CREATED", "BY", "REASON"],

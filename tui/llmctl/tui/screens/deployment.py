@@ -43,6 +43,9 @@ def summary(deployment: pb.Deployment | None, name: str) -> Text:
                          (f"{d.ready_replicas}/{d.desired_replicas} ready",
                           "green" if d.ready_replicas >= d.desired_replicas else "yellow"),
                          f"  {d.weight_quantization or 'none'}/{d.kv_cache_dtype or 'auto'}")
+    if d.HasField("autoscaling"):
+        a = d.autoscaling
+        text.append(f"  autoscale {a.min_replicas}-{a.max_replicas} {a.mode}", "cyan" if a.mode == "on" else "dim")
     for label, cell in (("req/s", number(_stat(s, "requests_per_s"))),
                         ("TTFT95", milliseconds(_stat(s, "ttft_p95_s"))),
                         ("tok/s", number(_stat(s, "tokens_per_s"), 0)),
