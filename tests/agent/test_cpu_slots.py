@@ -151,3 +151,29 @@ def test_a_cpu_agent_takes_one_replica_per_core_and_a_third_is_refused_as_over_c
     finally:
         cluster.agent.stop()
         cluster.plane.stop()
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_gpu_replicas_each_see_a_gpu_of_their_own_and_a_freed_gpu_is_reused(tmp_path: Path):
+    # Only the binding is checked (CUDA_VISIBLE_DEVICES in each child's environment): no READY needed.
+    recorder = Recorder()
+    gpus = ["GPU-aaaa", "GPU-bbbb"]
+    with ReplicaSupervisor(recorder, log_dir=tmp_path / "logs", max_backoff_s=2, gpus=gpus) as sup:
+        def spawned(replica_id: int) -> int:
+            since = recorder.mark()
+            sup.start(replica_id, deployment="chat", revision=1, model="tiny", engine_config={},
+                      served_model_name="tiny")
+            return recorder.wait_for(since, lambda s: s.replica_id == replica_id and s.pid is not None).pid
+
+        first, second = spawned(1), spawned(2)
+        assert environ_of(first)["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"
+        assert environ_of(second)["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
+        assert (sup.gpu_of(1), sup.gpu_of(2)) == ("GPU-aaaa", "GPU-bbbb")
+        since = recorder.mark()
+        sup.stop(1, drain=False)
+        recorder.wait_for(since, lambda s: s.replica_id == 1 and s.state is ReplicaState.STOPPED)
+        assert environ_of(spawned(3))["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"  # the freed GPU, not a shared one

@@ -166,13 +166,14 @@ class AgentDaemon:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
         self._telemetry = open_telemetry(self.config.nvml)
         self._gpus = self._telemetry.gpu_info()  # static facts: read once, sent with every Register
-        # CPU replicas share this host's cores: each gets a set of its own; GPU replicas are not pinned.
+        # CPU replicas share this host's cores: each gets a set of its own; GPU replicas get a GPU each.
         cpus = None if self._gpus else usable_cpus()
         self.capacity = node_capacity(self.config.max_replicas, len(self._gpus), len(cpus or ()))
         try:
             self._supervisor = ReplicaSupervisor(
                 self._on_replica_change, host=self.config.replica_host, log_dir=self.log_dir,
                 max_backoff_s=max(1.0, self.config.max_backoff_s), cpus=cpus,
+                gpus=[g.get("uuid") or str(g["index"]) for g in self._gpus] or None,
             )
             # One bench or eval child at a time, off the connection thread; answers go up the open stream.
             self._measurements = MeasurementRunner(self._on_measurement, work_dir=self.log_dir / "measurements")

@@ -13,6 +13,7 @@ PR_SET_PDEATHSIG on Linux so even a SIGKILLed agent takes them along.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import json
@@ -111,6 +112,8 @@ class _Replica:
         self.thread: threading.Thread | None = None
         self.cpus: list[int] | None = None
         """The cores this replica's process is pinned to (None: not pinned)."""
+        self.gpu: str | None = None
+        """The GPU its process sees (CUDA_VISIBLE_DEVICES), kept across restarts; None: not bound."""
 
 
 @functools.cache
@@ -164,13 +167,16 @@ class ReplicaSupervisor:
         log_dir: str | Path | None = None,
         advertise_host: str | None = None,
         cpus: list[int] | None = None,
+        gpus: list[str] | None = None,
     ) -> None:
         """command: how to run the llmctl CLI (default: this Python, -m controlplane.cli);
         host: the address replicas bind; advertise_host: the one put in their reported url, for a
         gateway on another machine (default: host);
         env: variables added to the agent's environment for every child;
         cpus: the cores to split among the replicas, each pinned to a disjoint set that follows the replica
-        count (agent/cpu_slots.py); None: no pinning (GPU replicas)."""
+        count (agent/cpu_slots.py); None: no pinning (GPU replicas);
+        gpus: the GPUs (NVML uuids or indices) to bind replicas to, one each while there are enough (the least
+        shared one after that), through CUDA_VISIBLE_DEVICES; None: not bound."""
         if startup_timeout_s <= 0 or max_backoff_s < 1:
             raise ValueError("startup_timeout_s must be > 0 and max_backoff_s >= 1")
         self._on_change = on_change
@@ -184,6 +190,7 @@ class ReplicaSupervisor:
         self._max_backoff_s = max_backoff_s
         self._env = {**os.environ, **(env or {})}
         self._cpus = list(cpus) if cpus is not None else None
+        self._gpus = list(gpus) if gpus else None
         if self._cpus is not None:
             if not self._cpus:
                 raise ValueError("cpus must name at least one core")
@@ -221,6 +228,9 @@ class ReplicaSupervisor:
                 target=self._monitor, args=(replica,), name=f"replica-{replica_id}", daemon=True
             )
             self._rebalance()  # the others give up their share of the cores before this one starts
+            if self._gpus is not None:
+                taken = collections.Counter(r.gpu for r in self._replicas.values() if r is not replica)
+                replica.gpu = min(self._gpus, key=lambda g: (taken[g], self._gpus.index(g)))
         replica.thread.start()
 
     def stop(self, replica_id: int, *, drain: bool = True, grace_s: float = 30, wait: bool = False) -> None:
@@ -274,6 +284,14 @@ class ReplicaSupervisor:
         self.close()
 
     # -- state changes -------------------------------------------------------------------------------
+    def gpu_of(self, replica_id: int) -> str | None:
+        """The GPU replica_id is bound to (None: not bound)."""
+        with self._lock:
+            replica = self._replicas.get(replica_id)
+            if replica is None:
+                raise UnknownReplica(replica_id)
+            return replica.gpu
+
     def cpus_of(self, replica_id: int) -> list[int] | None:
         """The cores replica_id is pinned to (None: not pinned)."""
         with self._lock:
@@ -381,8 +399,9 @@ class ReplicaSupervisor:
             log.flush()
             with self._lock:
                 cpus = replica.cpus
+            env = self._env if replica.gpu is None else {**self._env, "CUDA_VISIBLE_DEVICES": replica.gpu}
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env,
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # own process group: signals reach the whole replica, not the agent
                 preexec_fn=_pdeath_preexec(cpus),
             )
