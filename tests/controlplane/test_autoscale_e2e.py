@@ -5,8 +5,11 @@ replica after the down window. No request fails on the way up or down."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -51,6 +54,23 @@ class Load:
             t.join(timeout=60)
 
 
+@contextmanager
+def cluster(tmp_path: Path, **config) -> Iterator[tuple[ControlPlane, AgentDaemon]]:
+    """A control plane (SQLite, gRPC and gateway on free ports) and one CPU agent on this box."""
+    plane = ControlPlane(ServerConfig(database_url=f"sqlite:///{tmp_path / 'llmctl.db'}", grpc_port=0,
+                                      gateway_port=0, admin_token=ADMIN_TOKEN, home=tmp_path / "cp",
+                                      reconcile_interval_s=0.2, heartbeat_interval_s=0.5, **config))
+    plane.start()
+    agent = AgentDaemon(AgentConfig(plane.grpc_address, plane.join_token, node_name="cpu-box",
+                                    log_dir=tmp_path / "logs", telemetry_interval_s=0.5, max_backoff_s=1.0))
+    agent.start()
+    try:
+        yield plane, agent
+    finally:
+        agent.stop()
+        plane.stop(grace_s=1)
+
+
 def wait_for(check, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while not (result := check()):
@@ -62,18 +82,11 @@ def wait_for(check, timeout: float, what: str):
 def test_queue_depth_scales_up_to_a_second_replica_and_back_without_a_failed_request(
         tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LLMCTL_HOME", str(tmp_path / "home"))
-    plane = ControlPlane(ServerConfig(database_url=f"sqlite:///{tmp_path / 'llmctl.db'}", grpc_port=0,
-                                      gateway_port=0, admin_token=ADMIN_TOKEN, home=tmp_path / "cp",
-                                      reconcile_interval_s=0.2, heartbeat_interval_s=0.5))
-    plane.start()
-    agent = AgentDaemon(AgentConfig(plane.grpc_address, plane.join_token, node_name="cpu-box",
-                                    log_dir=tmp_path / "logs", telemetry_interval_s=0.5, max_backoff_s=1.0))
-    agent.start()
-    try:
+    with cluster(tmp_path) as (plane, agent):
         code, out = llmctl(plane, "deploy", "chat", "--model", str(tiny_llama), *ENGINE)
         assert code == 0, out
         code, out = llmctl(plane, "tenants", "create", "acme", "--output", "json")
-        key = __import__("json").loads(out)["api_key"]
+        key = json.loads(out)["api_key"]
         code, out = llmctl(plane, "autoscale", "chat", "--min", "1", "--max", "2", "--target-queue", "1",
                            "--target-kv-usage", "off", "--scale-up-window", f"{UP_WINDOW_S}s",
                            "--scale-down-window", f"{DOWN_WINDOW_S}s")
@@ -100,26 +113,15 @@ def test_queue_depth_scales_up_to_a_second_replica_and_back_without_a_failed_req
         assert load.codes and set(load.codes) == {200}, f"failed requests: {sorted(set(load.codes))}"
         code, history = llmctl(plane, "autoscale", "history", "chat")
         assert "on 2 1 yes" in history and "on 1 2 yes" in history  # down, then up (newest first)
-    finally:
-        agent.stop()
-        plane.stop(grace_s=1)
 
 
 def test_scale_to_zero_then_the_requests_that_wait_are_served_by_a_fresh_replica(
         tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LLMCTL_HOME", str(tmp_path / "home"))
-    plane = ControlPlane(ServerConfig(database_url=f"sqlite:///{tmp_path / 'llmctl.db'}", grpc_port=0,
-                                      gateway_port=0, admin_token=ADMIN_TOKEN, home=tmp_path / "cp",
-                                      reconcile_interval_s=0.2, heartbeat_interval_s=0.5,
-                                      cold_start_max_held=3, cold_start_hold_s=120))
-    plane.start()
-    agent = AgentDaemon(AgentConfig(plane.grpc_address, plane.join_token, node_name="cpu-box",
-                                    log_dir=tmp_path / "logs", telemetry_interval_s=0.5, max_backoff_s=1.0))
-    agent.start()
-    try:
+    with cluster(tmp_path, cold_start_max_held=3, cold_start_hold_s=120) as (plane, agent):
         code, out = llmctl(plane, "deploy", "chat", "--model", str(tiny_llama), *ENGINE)
         assert code == 0, out
-        key = __import__("json").loads(llmctl(plane, "tenants", "create", "acme", "--output", "json")[1])["api_key"]
+        key = json.loads(llmctl(plane, "tenants", "create", "acme", "--output", "json")[1])["api_key"]
         code, out = llmctl(plane, "autoscale", "chat", "--min", "0", "--max", "1", "--target-kv-usage", "off",
                            "--scale-up-window", "0s", "--scale-down-window", "3s")
         assert code == 0, out
@@ -144,6 +146,3 @@ def test_scale_to_zero_then_the_requests_that_wait_are_served_by_a_fresh_replica
         assert [a.status_code for a in answers] == [200, 200, 200]
         code, history = llmctl(plane, "autoscale", "history", "chat")
         assert "on 0 1 yes" in history and "from zero" in history
-    finally:
-        agent.stop()
-        plane.stop(grace_s=1)
