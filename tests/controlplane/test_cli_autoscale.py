@@ -43,7 +43,7 @@ def test_autoscale_sets_shows_merges_and_takes_the_count_from_manual_scaling(pla
     code, out = llmctl(plane, "autoscale", "chat", "--min", "1", "--max", "3", "--scale-up-window", "0",
                        "--scale-down-window", "2m", "--target-queue", "2")
     assert code == 0, out
-    assert "autoscaling on: 1-3 replicas, target queue 2, KV usage 0.8, up after 0s, down after 120s" in out
+    assert "autoscaling on: 1-3 replicas, target queue 2, KV usage 0.6, up after 0s, down after 120s" in out
 
     code, out = llmctl(plane, "scale", "chat", "2")
     assert code == 2 and "is autoscaled between 1 and 3" in out and "llmctl autoscale chat --off" in out
