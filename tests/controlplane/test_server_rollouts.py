@@ -210,3 +210,33 @@ def test_a_fleet_without_room_says_so_once_and_places_when_a_node_joins(tmp_path
         assert b.start_replica().deployment == "chat"
         a.close()
         b.close()
+
+
+def test_a_rollout_without_room_to_surge_replaces_the_old_replicas_one_at_a_time(tmp_path: Path):
+    # A node that takes two replicas (a 2-core CPU node) running two: no room for a new one beside them.
+    with running_control_plane(tmp_path) as plane, Admin(plane.grpc_address, plane.admin_token) as admin:
+        a = ScriptedAgent(plane, "a", max_replicas=2).join()
+        admin.deploy("chat", replicas=2)
+        old = [a.start_replica(), a.start_replica()]
+        for start in old:
+            a.serve(start)
+        wait_for(lambda: current(admin).ready_replicas == 2)
+
+        admin.deploy("chat", replicas=2, max_num_seqs=8)
+        first = a.stop_replica(timeout=5)  # the oldest drains to free its slot; the other keeps serving
+        assert first.drain and first.replica_id == old[0].replica_id
+        assert routed(plane) == {old[1].replica_id}
+        assert a.quiet_for(0.6) == []  # its slot is not free until it has stopped
+        a.report(first.replica_id, pb.REPLICA_STATE_STOPPED)
+        new = a.start_replica()
+        assert new.revision == 2
+        a.serve(new)
+        second = a.stop_replica(timeout=5)
+        assert second.replica_id == old[1].replica_id
+        a.report(second.replica_id, pb.REPLICA_STATE_STOPPED)
+        a.serve(a.start_replica())
+        wait_for(lambda: [json.loads(e.details_json)["revision"] for e in admin.events("rollout.completed")]
+                 == [1, 2], what="the rollout to complete")
+        reasons = [e.message for e in admin.events("replica.stopping")]
+        assert all("replaced one at a time" in m for m in reasons) and len(reasons) == 2
+        a.close()

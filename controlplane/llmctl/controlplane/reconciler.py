@@ -273,7 +273,23 @@ class Reconciler:
             rows.append(create_replica(session, deployment=deployment, revision=revision,
                                        node=nodes[node_name]))
             self.metrics.actions.labels("start").inc()
+        if len(placed) < plan.start:
+            self._make_room(session, revision, rows, work)
         self._note_capacity(session, deployment, revision, plan.start - len(placed), rows)
+
+    def _make_room(self, session: Session, revision: Revision, rows: list[Replica], work: _Pass) -> None:
+        """A rollout with no room for a new replica beside the old ones (a node takes one per core or GPU)
+        replaces them in place, one at a time, while another replica serves: the oldest READY replica of an
+        older revision drains, and its slot goes to a new one once it has stopped (a Kubernetes rolling update
+        with no surge room and one unavailable). A lone serving replica is not stopped: the deployment waits
+        for room, and the unschedulable event says so."""
+        if any(r.state == ReplicaState.DRAINING and r.revision_id != revision.id for r in rows):
+            return  # a slot is being freed already
+        serving = [r for r in rows if r.state == ReplicaState.READY]
+        old = sorted((r for r in serving if r.revision_id != revision.id), key=lambda r: r.id)
+        if old and len(serving) >= 2:
+            self._stop(session, old[0], f"rolling out revision {revision.number}: no node has room for a new "
+                                        "replica beside the old ones, so they are replaced one at a time", work)
 
     def _reconcile_scorer(self, session: Session, deployment: Deployment, rows: list[Replica],
                           nodes: dict[str, Node], rooms: list[NodeRoom], work: _Pass) -> None:
