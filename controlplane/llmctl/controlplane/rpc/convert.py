@@ -26,7 +26,7 @@ from llmctl.controlplane.db.models import (
 from llmctl.controlplane.errors import InvalidArgument
 from llmctl.controlplane.fleet import Fleet, NodeTelemetry
 from llmctl.controlplane.proto import llmctl_pb2 as pb
-from llmctl.controlplane.services.autoscaling import make_policy
+from llmctl.controlplane.services.autoscaling import STORED_FIELDS, make_policy
 from llmctl.controlplane.services.quality import RevisionSummary, reference_revision
 
 _STATE_TO_PROTO = {
@@ -142,10 +142,7 @@ def deployment_to_proto(deployment: Deployment, replicas: list[Replica], fleet: 
 
 
 def autoscale_policy_to_proto(row: Autoscaling) -> pb.AutoscalePolicy:
-    return pb.AutoscalePolicy(min_replicas=row.min_replicas, max_replicas=row.max_replicas,
-                              target_queue=row.target_queue, target_kv_usage=row.target_kv_usage,
-                              scale_up_window_s=row.scale_up_window_s, scale_down_window_s=row.scale_down_window_s,
-                              max_step=row.max_step, mode=row.mode.value)
+    return pb.AutoscalePolicy(**{f: getattr(row, f) for f in STORED_FIELDS}, mode=row.mode.value)
 
 
 def autoscale_policy_from_proto(msg: pb.AutoscalePolicy) -> AutoscalePolicy:

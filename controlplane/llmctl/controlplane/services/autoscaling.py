@@ -13,14 +13,13 @@ from llmctl.controlplane.services.deployments import get_deployment, set_replica
 from llmctl.controlplane.services.events import record_event
 
 HISTORY_LIMIT = 50
+STORED_FIELDS = ("min_replicas", "max_replicas", "target_queue", "target_kv_usage", "scale_up_window_s",
+                 "scale_down_window_s", "max_step")
+"""AutoscalePolicy's fields that are columns of the same name in `autoscaling` (besides `mode`, an enum there)."""
 
 
 def policy_of(row: Autoscaling) -> AutoscalePolicy:
-    return AutoscalePolicy(
-        min_replicas=row.min_replicas, max_replicas=row.max_replicas, target_queue=row.target_queue,
-        target_kv_usage=row.target_kv_usage, scale_up_window_s=row.scale_up_window_s,
-        scale_down_window_s=row.scale_down_window_s, max_step=row.max_step, mode=Mode(row.mode.value),
-    )
+    return AutoscalePolicy(**{f: getattr(row, f) for f in STORED_FIELDS}, mode=Mode(row.mode.value))
 
 
 def describe(policy: AutoscalePolicy) -> str:
@@ -38,10 +37,9 @@ def set_autoscaling(session: Session, *, name: str, policy: AutoscalePolicy, act
         row = Autoscaling(deployment=deployment)
         session.add(row)
     before = describe(policy_of(row)) if row.id is not None else None
-    row.min_replicas, row.max_replicas = policy.min_replicas, policy.max_replicas
-    row.target_queue, row.target_kv_usage = policy.target_queue, policy.target_kv_usage
-    row.scale_up_window_s, row.scale_down_window_s = policy.scale_up_window_s, policy.scale_down_window_s
-    row.max_step, row.mode = policy.max_step, AutoscaleMode(policy.mode.value)
+    for f in STORED_FIELDS:
+        setattr(row, f, getattr(policy, f))
+    row.mode = AutoscaleMode(policy.mode.value)
     row.updated_at, row.updated_by = utcnow(), actor
     session.flush()
     record_event(session, kind="autoscaling.set", deployment_name=name, actor=actor,
