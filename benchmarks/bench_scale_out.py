@@ -8,8 +8,10 @@ requests of 150 tokens, greedy, spread round-robin over the replicas as the gate
 Real `llmctl serve` processes started by the agent's ReplicaSupervisor, real HTTP, the demo model.
 
     python benchmarks/bench_scale_out.py [--model smollm2-135m] [--requests 8] [--max-tokens 150]
-        [--skip-unpinned] [--json FILE]
+        [--rounds 5] [--skip-unpinned] [--json FILE]
 
+Each setup runs the load --rounds times on the same replicas (a round at 8 requests lasts about 3 s, so one
+round is at the mercy of whatever else wakes on the box); the table gives the median round and the range.
 Prints output tokens/s per setup and its ratio to one replica; writes JSON.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import threading
@@ -83,9 +86,13 @@ def measure(name: str, count: int, cpus: list[int] | None, args) -> dict:
             ReplicaSupervisor(record, log_dir=logs, cpus=cpus) as sup:
         urls = start_replicas(sup, count, args.model, {}, events, cond)
         run_load(urls, len(urls), 8)  # warm every replica's first request path
-        result = run_load(urls, args.requests, args.max_tokens)
-    result.update(setup=name, replicas=count, pinned=cpus is not None)
-    print(f"  {name}: {result['tokens_per_s']:.1f} tok/s ({result['wall_s']:.1f} s)", flush=True)
+        rounds = [run_load(urls, args.requests, args.max_tokens) for _ in range(args.rounds)]
+    rates = sorted(r["tokens_per_s"] for r in rounds)
+    result = {"setup": name, "replicas": count, "pinned": cpus is not None,
+              "tokens_per_s": statistics.median(rates), "min_tokens_per_s": rates[0], "max_tokens_per_s": rates[-1],
+              "wall_s": statistics.median(r["wall_s"] for r in rounds), "rounds": rounds}
+    print(f"  {name}: median {result['tokens_per_s']:.1f} tok/s over {len(rates)} rounds "
+          f"({rates[0]:.1f}-{rates[-1]:.1f})", flush=True)
     return result
 
 
@@ -94,6 +101,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=5, help="load rounds per setup; the median is reported")
     ap.add_argument("--skip-unpinned", action="store_true", help="leave out the thrashing setup (slow)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -104,10 +112,12 @@ def main() -> None:
     print(f"{args.model}: {args.requests} concurrent requests x {args.max_tokens} tokens on {len(cpus)} core(s)")
     rows = [measure(name, count, sets, args) for name, count, sets in setups]
     base = rows[0]["tokens_per_s"]
-    print(f"\n{'setup':<12}{'tok/s':>10}{'wall s':>10}{'vs 1':>8}")
+    print(f"\n{'setup':<12}{'tok/s':>10}{'range':>16}{'wall s':>8}{'vs 1':>8}")
     for row in rows:
         row["ratio_vs_one"] = row["tokens_per_s"] / base
-        print(f"{row['setup']:<12}{row['tokens_per_s']:>10.1f}{row['wall_s']:>10.1f}{row['ratio_vs_one']:>7.2f}x")
+        span = f"{row['min_tokens_per_s']:.0f}-{row['max_tokens_per_s']:.0f}"
+        print(f"{row['setup']:<12}{row['tokens_per_s']:>10.1f}{span:>16}{row['wall_s']:>8.1f}"
+              f"{row['ratio_vs_one']:>7.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "cores": len(cpus), "requests": args.requests,
                                                "max_tokens": args.max_tokens, "rows": rows}, indent=1))
