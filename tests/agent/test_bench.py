@@ -102,6 +102,9 @@ def test_poisson_arrivals_follow_the_request_rate():
     ({"run_engine": False, "compare_prefix_caching": True, "baselines": "hf-static"}, "needs the in-process"),
     ({"compare_quantization": "int8,fp4"}, "--compare-quantization takes int8, awq, rtn4, got 'fp4'"),
     ({"run_engine": False, "compare_quantization": "int8", "baselines": "hf-static"}, "needs the in-process"),
+    ({"run_engine": False, "compare_speculative": True, "baselines": "hf-static"}, "needs the in-process"),
+    ({"workload_kind": "repetitive", "shared_prefix_len": 4}, "does not apply to --workload repetitive"),
+    ({"workload_kind": "chatty"}, "--workload kind must be one of mixed, repetitive"),
 ])
 def test_bench_options_reject_bad_values(overrides, message):
     if message is None:
@@ -291,3 +294,95 @@ def test_cli_bench_runs_a_workload_file_with_recorded_lengths(tiny_model, tmp_pa
     assert data["runs"][0]["output_tokens_per_request"] == [3, 6, 3, 6, 3]
     assert data["workload"]["lengths"] == [[4, 3], [12, 6]] and data["workload"]["input_len"] == [4, 12]
     assert data["workload"]["total_prompt_tokens"] == 5 * 8 + 4 + 12 + 4 + 12 + 4
+
+
+def test_repetitive_prompts_quote_a_passage_of_the_shipped_text_and_follow_the_seed():
+    from llmctl.agent.bench_workload import INSTRUCTIONS
+    from llmctl.agent.engine.quantization.calibration import DEFAULT_CALIBRATION, read_text
+
+    tokenizer = make_tokenizer()
+    opts = options(requests=6, input_len="8:40", workload_kind="repetitive", seed=1)
+    first = make_workload(tokenizer, opts)
+    assert first == make_workload(tokenizer, opts)
+    other = make_workload(tokenizer, options(requests=6, input_len="8:40", workload_kind="repetitive", seed=2))
+    assert [r.prompt_token_ids for r in other] != [r.prompt_token_ids for r in first]
+    # Output lengths are drawn as for the mixed workload of the same seed.
+    assert [r.output_len for r in first] == [r.output_len for r in make_workload(tokenizer, options(
+        requests=6, input_len="8:40", seed=1))]
+    words = " ".join(read_text(DEFAULT_CALIBRATION).split() * 2)  # a passage may run on into the start again
+    for i, req in enumerate(first):
+        text = tokenizer.decode(req.prompt_token_ids)
+        head, tail = "<|im_start|>user\n", f"\n\n{INSTRUCTIONS[i % 3]}<|im_end|>\n<|im_start|>assistant\n"
+        assert text.startswith(head) and text.endswith(tail), text
+        passage = text[len(head):-len(tail)]
+        assert " ".join(passage.split()) in words
+        assert 1 <= len(tokenizer(passage, add_special_tokens=False)["input_ids"]) <= 40
+
+
+def test_repetitive_prompts_are_plain_text_without_a_chat_template():
+    from llmctl.agent.bench_workload import INSTRUCTIONS, repetitive_prompts
+
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = None
+    [ids] = repetitive_prompts(tokenizer, 0, [30])
+    text = tokenizer.decode(ids)
+    assert text.endswith(f"\n\n{INSTRUCTIONS[0]}\n") and "<|im_start|>user" not in text
+
+
+def test_compare_speculative_adds_a_run_without_speculation(tiny_model, tmp_path):
+    from llmctl.agent.engine.config import EngineConfig
+
+    out, console = tmp_path / "spec.json", quiet()
+    opts = options(requests=4, input_len="8:24", output_len="3:9", json_path=str(out), workload_kind="repetitive",
+                   compare_speculative=True)
+    config = EngineConfig(model=str(tiny_model), dtype="float32", speculative_method="ngram",
+                          num_speculative_tokens=3)
+    report = run_bench(opts, config, console=console)
+    data = json.loads(out.read_text())
+    assert [run["name"] for run in data["runs"]] == ["llmctl", "llmctl-no-spec"]
+    assert data["workload"]["kind"] == "repetitive"
+    spec, plain = data["runs"]
+    drawn = [r.output_len for r in report.workload]
+    assert spec["output_tokens_per_request"] == plain["output_tokens_per_request"] == drawn
+    # Without speculation every target forward yields one token per sequence; drafts can only make it fewer.
+    assert plain["forwards_per_token"] == 1.0 and not any(key.startswith("spec_") for key in plain)
+    assert 0 < spec["forwards_per_token"] <= 1.0
+    assert len(spec["spec_accepted_per_pos"]) == 3
+    assert sum(spec["spec_accepted_per_pos"]) == spec["spec_num_accepted_tokens"] <= spec["spec_num_draft_tokens"]
+    if spec["spec_num_drafts"]:
+        assert spec["spec_acceptance_rate"] == spec["spec_num_accepted_tokens"] / spec["spec_num_draft_tokens"]
+        assert spec["spec_mean_accepted_length"] == 1 + spec["spec_num_accepted_tokens"] / spec["spec_num_drafts"]
+    printed = " ".join(console.file.getvalue().split())
+    assert "repetitive workload, 4 requests, passage 8:24" in printed
+    assert "llmctl: " in printed and "target forwards per token" in printed
+    assert "llmctl-no-spec: 1.00 target forwards per token" in printed
+
+
+def test_compare_speculative_needs_a_speculative_method(tiny_model):
+    from llmctl.agent.engine.config import EngineConfig
+
+    with pytest.raises(ValueError, match="--compare-speculative needs --speculative-method"):
+        run_bench(options(compare_speculative=True), EngineConfig(model=str(tiny_model)), console=quiet())
+
+
+def test_cli_bench_passes_the_speculative_flags_and_the_workload_kind(tiny_model, monkeypatch):
+    import llmctl.agent.bench as bench
+    from llmctl.controlplane.cli import app
+
+    seen = []
+    monkeypatch.setattr(bench, "run_bench", lambda options, config: seen.append((options, config)))
+    args = ["bench", "--model", str(tiny_model), "--workload", "repetitive", "--compare-speculative",
+            "--speculative-method", "ngram", "--num-speculative-tokens", "6", "--ngram-max", "5", "--ngram-min", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [(opts, config)] = seen
+    assert opts.workload_kind == "repetitive" and opts.compare_speculative
+    assert (config.speculative_method, config.speculative_model, config.num_speculative_tokens, config.ngram_max,
+            config.ngram_min) == ("ngram", None, 6, 5, 2)
+    seen.clear()
+    assert CliRunner().invoke(app, ["bench", "--model", str(tiny_model), "--workload", "mixed"]).exit_code == 0
+    assert seen[0][0].workload_kind == "mixed" and seen[0][1].speculative_method == "none"
+
+    bad = CliRunner().invoke(app, ["bench", "--model", str(tiny_model), "--ngram-min", "5", "--ngram-max", "2",
+                                   "--speculative-method", "ngram"])
+    assert bad.exit_code == 2 and "need 1 <= ngram_min <= ngram_max" in bad.output

@@ -245,3 +245,21 @@ def test_a_field_added_to_engine_config_later_is_not_a_change(db_factory: sessio
         assert created
         changes = list_events(session, kinds=["deployment.deployed"])[-1].details["changes"]
         assert changes == [["served_model_name", None, "chat"]]
+
+
+def test_a_revision_stored_before_speculative_decoding_existed_is_not_changed_by_a_redeploy(
+    db_factory: sessionmaker[Session],
+) -> None:
+    speculative = ("speculative_method", "speculative_model", "num_speculative_tokens", "ngram_max", "ngram_min")
+    with session_scope(db_factory) as session:
+        _, revision, _ = deploy(session, name="chat", model=MODEL, engine_config={"quantization": "int8"})
+        older = {k: v for k, v in revision.engine_config.items() if k not in speculative}
+        session.execute(update(Revision).where(Revision.id == revision.id).values(engine_config=older))
+    with session_scope(db_factory) as session:
+        _, _, created = deploy(session, name="chat", model=MODEL, engine_config={"quantization": "int8"})
+        assert not created
+        config = {"quantization": "int8", "speculative_method": "ngram"}
+        _, _, created = deploy(session, name="chat", model=MODEL, engine_config=config)
+        assert created
+        changes = list_events(session, kinds=["deployment.deployed"])[-1].details["changes"]
+        assert changes == [["speculative_method", "none", "ngram"]]  # the stored config read as today's

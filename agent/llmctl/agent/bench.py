@@ -90,8 +90,12 @@ class BenchOptions:
     compare_prefix_caching: bool = False
     compare_quantization: tuple[str, ...] = ()
     """Weight formats (int8, awq, rtn4) run as extra engine targets llmctl-<format> beside the float one."""
+    compare_speculative: bool = False
+    """Also run the (speculating) engine config without speculation, as llmctl-no-spec."""
     run_engine: bool = True
     json_path: str | None = None
+    workload_kind: str = "mixed"
+    """mixed: random word prompts; repetitive: passages to quote or summarise (agent/bench_workload.py)."""
 
     def __post_init__(self) -> None:
         if self.requests < 1:
@@ -116,6 +120,14 @@ class BenchOptions:
             raise ValueError("--compare-prefix-caching needs the in-process engine (no --no-engine/--url)")
         if self.compare_quantization and not self.run_engine:
             raise ValueError("--compare-quantization needs the in-process engine (no --no-engine/--url)")
+        if self.compare_speculative and not self.run_engine:
+            raise ValueError("--compare-speculative needs the in-process engine (no --no-engine/--url)")
+        from llmctl.agent.bench_workload import WORKLOAD_KINDS
+
+        if self.workload_kind not in WORKLOAD_KINDS:
+            raise ValueError(f"--workload kind must be one of {', '.join(WORKLOAD_KINDS)}, got {self.workload_kind!r}")
+        if self.workload_kind == "repetitive" and self.shared_prefix_len:
+            raise ValueError("--shared-prefix-len does not apply to --workload repetitive (chat prompts)")
         from llmctl.agent.engine.config import QUANTIZATIONS
 
         bad = [q for q in self.compare_quantization if q not in QUANTIZATIONS]
@@ -129,7 +141,7 @@ class BenchOptions:
         cls, *, requests: int, input_len: str, output_len: str, shared_prefix_len: int, request_rate: str,
         seed: int, baselines: str, hf_batch_size: int, url: str | None, compare_prefix_caching: bool,
         run_engine: bool, json_path: str | None, workload: dict[str, Any] | None = None,
-        compare_quantization: str = "",
+        compare_quantization: str = "", compare_speculative: bool = False, workload_kind: str = "mixed",
     ) -> BenchOptions:
         """Parse the CLI's strings. With --url the in-process engine stays off: --model then only names the
         tokenizer (and the baselines' weights), so no local engine competes with the server. `workload` (a
@@ -158,7 +170,7 @@ class BenchOptions:
             hf_batch_size=hf_batch_size, url=url.rstrip("/") if url else None,
             compare_prefix_caching=compare_prefix_caching, run_engine=run_engine and url is None,
             compare_quantization=tuple(q.strip() for q in compare_quantization.split(",") if q.strip()),
-            json_path=json_path,
+            compare_speculative=compare_speculative, json_path=json_path, workload_kind=workload_kind,
         )
 
 
@@ -200,16 +212,23 @@ def word_token_ids(tokenizer) -> list[int]:
 
 def make_workload(tokenizer, options: BenchOptions) -> list[BenchRequest]:
     """The same seed gives the same prompts, lengths and arrival times on every target. Explicit lengths are
-    taken in order, cycled (or cut) to the number of requests."""
+    taken in order, cycled (or cut) to the number of requests. A repetitive workload's input lengths are its
+    passages' (agent/bench_workload.py), to which its instruction and chat template add."""
     rng = random.Random(options.seed)
-    pool = word_token_ids(tokenizer)
+    repetitive = options.workload_kind == "repetitive"
+    pool = [] if repetitive else word_token_ids(tokenizer)
     prefix = rng.choices(pool, k=options.shared_prefix_len)
     n = options.requests
     if options.lengths is not None:
         lens = [options.lengths[i % len(options.lengths)] for i in range(n)]
     else:
         lens = [(rng.randint(*options.input_len), rng.randint(*options.output_len)) for _ in range(n)]
-    prompts = [prefix + rng.choices(pool, k=n_in) for n_in, _ in lens]
+    if repetitive:
+        from llmctl.agent.bench_workload import repetitive_prompts
+
+        prompts = repetitive_prompts(tokenizer, options.seed, [n_in for n_in, _ in lens])
+    else:
+        prompts = [prefix + rng.choices(pool, k=n_in) for n_in, _ in lens]
     arrivals, t = [], 0.0
     for _ in range(n):
         arrivals.append(t)
@@ -312,6 +331,7 @@ class BenchReport:
             "reference": reference["name"] if reference else None,
             "runs": runs,
             "workload": {
+                "kind": o.workload_kind,
                 "model": self.model,
                 "num_requests": o.requests,
                 "input_len": list(o.input_len),
@@ -364,6 +384,7 @@ async def drive_requests(
 async def run_engine_target(
     name: str, config, workload: list[BenchRequest], warmup: list[list[int]], advance: Advance
 ) -> RunResult:
+    from llmctl.agent.bench_speculative import engine_run_extra
     from llmctl.agent.engine.async_engine import AsyncEngine
 
     aeng = AsyncEngine.from_config(config)
@@ -376,6 +397,7 @@ async def run_engine_target(
         await drive_requests(
             [BenchRequest(i, p, 4, 0.0) for i, p in enumerate(warmup)], stream, lambda: None, f"{name}-warmup"
         )
+        before = aeng.stats()
         run = await drive_requests(workload, stream, advance, name)
         stats, info = aeng.stats(), aeng.engine.info
         run.extra = {
@@ -386,6 +408,7 @@ async def run_engine_target(
             "prefix_cache_hit_rate": stats.prefix_cache_hits / max(stats.prefix_cache_queries, 1),
             "num_preemptions": stats.num_preemptions,
             "enable_prefix_caching": config.enable_prefix_caching,
+            **engine_run_extra(config, before, stats),
         }
         return run
     finally:
@@ -488,8 +511,8 @@ def model_folder(ref: str) -> Path:
     return Path(resolve_model(ref))
 
 
-def check_context(folder: Path, config, options: BenchOptions) -> None:
-    """Reject a workload the model cannot hold before loading anything heavy."""
+def check_context(folder: Path, config, options: BenchOptions) -> int | None:
+    """Reject a workload the model cannot hold before loading anything heavy; the context limit."""
     from transformers import AutoConfig
 
     limit = getattr(AutoConfig.from_pretrained(folder), "max_position_embeddings", None)
@@ -506,6 +529,7 @@ def check_context(folder: Path, config, options: BenchOptions) -> None:
             + ("shorten the workload's lengths or shared_prefix_len" if options.lengths is not None
                else "lower --input-len, --output-len or --shared-prefix-len")
         )
+    return limit
 
 
 def fetch_served_model(url: str) -> str:
@@ -544,19 +568,26 @@ def run_bench(options: BenchOptions, config=None, console=None) -> BenchReport:
     console = console or Console()
     if config is None and (options.run_engine or options.baselines):
         raise ValueError("--model is needed for the in-process engine and the baselines")
+    if options.compare_speculative and not config.speculative:
+        raise ValueError("--compare-speculative needs --speculative-method (ngram, draft or self-int4)")
     local = options.run_engine or bool(options.baselines)
     # A server's dtype is its own business: report one only when something ran here.
     dtype = resolve_dtype(config.dtype, config.device) if local else None
     url_model = fetch_served_model(api_base(options.url)) if options.url else None
     folder = model_folder(config.model) if config is not None else served_tokenizer(url_model)
+    limit = None
     if local:
         config = config.replace(dtype=dtype)
-        check_context(folder, config, options)
+        limit = check_context(folder, config, options)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except OSError as exc:
         raise ValueError(f"cannot load the tokenizer from {folder}: {exc}; pass --model") from None
     workload = make_workload(tokenizer, options)
+    if options.workload_kind == "repetitive":
+        from llmctl.agent.bench_workload import check_fits
+
+        check_fits(workload, limit)
     warmup = warmup_prompts(tokenizer, options.seed)
 
     runs: list[RunResult] = []
@@ -581,6 +612,8 @@ def run_bench(options: BenchOptions, config=None, console=None) -> BenchReport:
                     ("llmctl", config.replace(enable_prefix_caching=True)),
                     ("llmctl-no-prefix-cache", config.replace(enable_prefix_caching=False)),
                 ]
+            if options.compare_speculative:
+                variants.append(("llmctl-no-spec", config.replace(speculative_method="none", speculative_model=None)))
             variants += [(f"llmctl-{q}", config.replace(quantization=q)) for q in options.compare_quantization]
             for name, cfg in variants:
                 runs.append(asyncio.run(run_engine_target(name, cfg, workload, warmup, advancer(name))))
@@ -620,7 +653,8 @@ def print_report(report: BenchReport, console) -> None:
         box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
         title=f"llmctl bench: {report.model} ({report.dtype or 'server dtype'})",
         caption=(
-            f"{o.requests} requests, input {o.input_len[0]}:{o.input_len[1]}"
+            f"{o.workload_kind} workload, {o.requests} requests, "
+            f"{'passage' if o.workload_kind == 'repetitive' else 'input'} {o.input_len[0]}:{o.input_len[1]}"
             f"{' (recorded lengths)' if o.lengths is not None else ''} "
             f"(+{o.shared_prefix_len} shared), "
             f"output {o.output_len[0]}:{o.output_len[1]}, rate {rate}, seed {o.seed}"
@@ -656,7 +690,11 @@ def print_report(report: BenchReport, console) -> None:
             )
     console.print(table)
     console.print(latency)
+    from llmctl.agent.bench_speculative import speculation_line
+
     for r in rows:
+        if (line := speculation_line(r)) is not None:
+            console.print(line)
         if r.get("server"):
             console.print(f"{r['name']} server: {server_line(r['server'])}")
         if not r["output_lengths_match"]:

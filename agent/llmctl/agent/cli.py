@@ -37,6 +37,15 @@ Quantization = Annotated[
     str, typer.Option("--quantization", help="Quantize weights at load: none | int8 | awq | rtn4")
 ]
 GroupSize = Annotated[str, typer.Option("--group-size", help="4-bit group size: auto | 32 | 64 | 128")]
+# Speculative decoding; the defaults are EngineConfig's, so a command given none of them speculates as before.
+SpeculativeMethod = Annotated[str, typer.Option(
+    "--speculative-method", help="none | ngram (prompt lookup) | draft (--speculative-model) | self-int4")]
+SpeculativeModel = Annotated[str | None, typer.Option(
+    "--speculative-model", help="Draft model of --speculative-method draft (same tokenizer as MODEL)")]
+NumSpeculativeTokens = Annotated[int, typer.Option(
+    "--num-speculative-tokens", help="Most tokens drafted per sequence and step (1..16)")]
+NgramMax = Annotated[int, typer.Option("--ngram-max", help="ngram: longest suffix looked up in the context")]
+NgramMin = Annotated[int, typer.Option("--ngram-min", help="ngram: shortest suffix looked up in the context")]
 
 
 def quant_flags(quantization: str, group_size: str) -> dict:
@@ -48,6 +57,15 @@ def quant_flags(quantization: str, group_size: str) -> dict:
         return {"quantization": q, "quantization_group_size": int(group_size)}
     except ValueError:
         fail(f"--group-size must be auto, 32, 64 or 128, got {group_size!r}")
+
+
+def spec_flags(
+    speculative_method: str, speculative_model: str | None, num_speculative_tokens: int, ngram_max: int,
+    ngram_min: int,
+) -> dict:
+    """EngineConfig fields for the speculative-decoding flags (checked by EngineConfig itself)."""
+    return {"speculative_method": speculative_method, "speculative_model": speculative_model,
+            "num_speculative_tokens": num_speculative_tokens, "ngram_max": ngram_max, "ngram_min": ngram_min}
 
 
 def engine_config(model: str, **flags):
@@ -129,6 +147,11 @@ def serve(
     threads: Threads = None,
     quantization: Quantization = "none",
     group_size: GroupSize = "auto",
+    speculative_method: SpeculativeMethod = "none",
+    speculative_model: SpeculativeModel = None,
+    num_speculative_tokens: NumSpeculativeTokens = 4,
+    ngram_max: NgramMax = 4,
+    ngram_min: NgramMin = 1,
     graceful_shutdown_s: Annotated[
         float, typer.Option("--graceful-shutdown-s", help="On SIGTERM, how long requests in flight may finish")
     ] = 30.0,
@@ -147,6 +170,7 @@ def serve(
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
             num_threads=threads, served_model_name=served_model_name, **quant_flags(quantization, group_size),
+            **spec_flags(speculative_method, speculative_model, num_speculative_tokens, ngram_max, ngram_min),
         )
     from llmctl.agent.engine.errors import EngineError
     from llmctl.agent.server import run_server
@@ -171,10 +195,16 @@ def generate(
     quantization: Quantization = "none",
     group_size: GroupSize = "auto",
     kv_cache_dtype: KvCacheDtype = "auto",
+    speculative_method: SpeculativeMethod = "none",
+    speculative_model: SpeculativeModel = None,
+    num_speculative_tokens: NumSpeculativeTokens = 4,
+    ngram_max: NgramMax = 4,
+    ngram_min: NgramMin = 1,
 ) -> None:
     """Generate from one prompt, streaming to the terminal."""
     config = engine_config(
-        model, dtype=dtype, num_threads=threads, kv_cache_dtype=kv_cache_dtype, **quant_flags(quantization, group_size)
+        model, dtype=dtype, num_threads=threads, kv_cache_dtype=kv_cache_dtype, **quant_flags(quantization, group_size),
+        **spec_flags(speculative_method, speculative_model, num_speculative_tokens, ngram_max, ngram_min),
     )
     from llmctl.agent.engine.engine import LLMEngine
     from llmctl.agent.engine.errors import EngineError
@@ -208,15 +238,19 @@ def bench(
     request_rate: Annotated[str, typer.Option("--request-rate", help="requests/s or inf")] = "inf",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     workload: Annotated[str | None, typer.Option(
-        "--workload", metavar="FILE",
-        help="JSON object of workload keys (requests, input_len, output_len, shared_prefix_len, request_rate, "
-             "seed, lengths: [[input, output], ...]); its keys win over those flags, lengths over both ranges")] = None,
+        "--workload", metavar="FILE|repetitive|mixed",
+        help="mixed (default): random word prompts; repetitive: chat prompts asking to quote or summarise a "
+             "passage of English text (--input-len tokens long); FILE: JSON object of workload keys (requests, "
+             "input_len, output_len, shared_prefix_len, request_rate, seed, lengths: \\[\\[input, output], ...]); "
+             "its keys win over those flags, lengths over both ranges")] = None,
     baselines: Annotated[str, typer.Option("--baselines", help="hf-sequential,hf-static,vllm (vllm: `make peers` first)")] = "",
     hf_batch_size: Annotated[int, typer.Option("--hf-batch-size")] = 16,
     compare_prefix_caching: Annotated[bool, typer.Option("--compare-prefix-caching")] = False,
     compare_quantization: Annotated[str, typer.Option(
         "--compare-quantization", metavar="LIST",
         help="Also run the engine with these weight formats (int8,awq,rtn4), as llmctl-<format> rows")] = "",
+    compare_speculative: Annotated[bool, typer.Option(
+        "--compare-speculative", help="Also run the engine without speculation, as the llmctl-no-spec row")] = False,
     no_engine: Annotated[bool, typer.Option("--no-engine", help="Run only the baselines")] = False,
     json_path: Annotated[str | None, typer.Option("--json", help="Write results as JSON")] = None,
     dtype: Dtype = "auto",
@@ -231,21 +265,28 @@ def bench(
     threads: Threads = None,
     quantization: Quantization = "none",
     group_size: GroupSize = "auto",
+    speculative_method: SpeculativeMethod = "none",
+    speculative_model: SpeculativeModel = None,
+    num_speculative_tokens: NumSpeculativeTokens = 4,
+    ngram_max: NgramMax = 4,
+    ngram_min: NgramMin = 1,
 ) -> None:
     """Measure TTFT, TPOT, ITL and throughput of the engine, a URL, or the transformers baselines."""
-    from llmctl.agent.bench import BenchOptions, read_workload_file, run_bench
+    from llmctl.agent.bench import BenchOptions, run_bench
+    from llmctl.agent.bench_workload import workload_arg
     from llmctl.agent.engine.errors import EngineError
 
     if model is None and url is None:
         fail("give --model (in-process engine and baselines) or --url (a running server)")
     try:
+        kind, spec = workload_arg(workload)
         options = BenchOptions.from_cli(
             requests=requests, input_len=input_len, output_len=output_len,
             shared_prefix_len=shared_prefix_len, request_rate=request_rate, seed=seed,
             baselines=baselines, hf_batch_size=hf_batch_size, url=url,
             compare_prefix_caching=compare_prefix_caching, run_engine=not no_engine,
-            compare_quantization=compare_quantization,
-            json_path=json_path, workload=read_workload_file(workload) if workload is not None else None,
+            compare_quantization=compare_quantization, compare_speculative=compare_speculative,
+            json_path=json_path, workload=spec, workload_kind=kind,
         )
         config = None
         if model is not None:
@@ -256,6 +297,7 @@ def bench(
                 enable_prefix_caching=enable_prefix_caching,
                 enable_chunked_prefill=enable_chunked_prefill, num_threads=threads,
                 **quant_flags(quantization, group_size),
+                **spec_flags(speculative_method, speculative_model, num_speculative_tokens, ngram_max, ngram_min),
             )
         run_bench(options, config)
     except (EngineError, ValueError) as exc:

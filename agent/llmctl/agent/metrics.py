@@ -21,7 +21,11 @@ E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15
 
 
 class EngineStatsCollector:
-    """Turns one `EngineStats` snapshot into gauges and (engine-cumulative) counters on every scrape."""
+    """Turns one `EngineStats` snapshot into gauges and (engine-cumulative) counters on every scrape.
+
+    The speculative-decoding counters (vLLM's spec_decode_* names) are exported only by an engine that
+    speculates (a non-empty spec_accepted_per_pos), as vLLM does, so their absence means speculation is off.
+    """
 
     def __init__(self, stats: Callable[[], Any], model_name: str) -> None:
         self._stats = stats
@@ -64,6 +68,24 @@ class EngineStatsCollector:
         yield self._counter("llmctl_generation_tokens", "Tokens generated.", s.num_generation_tokens)
         yield self._counter("llmctl_num_preemptions", "Sequences preempted for lack of KV blocks.",
                             s.num_preemptions)
+        if s.spec_accepted_per_pos:
+            yield from self._spec_decode(s)
+
+    def _spec_decode(self, s: Any) -> Iterator[Metric]:
+        yield self._counter("llmctl_spec_decode_num_drafts", "Sequence-steps that verified at least one drafted "
+                            "token.", s.spec_num_drafts)
+        yield self._counter("llmctl_spec_decode_num_draft_tokens", "Tokens drafted and verified.",
+                            s.spec_num_draft_tokens)
+        yield self._counter("llmctl_spec_decode_num_accepted_tokens", "Drafted tokens the target accepted.",
+                            s.spec_num_accepted_tokens)
+        per_pos = CounterMetricFamily(
+            "llmctl_spec_decode_num_accepted_tokens_per_pos",
+            "Drafted tokens accepted at each draft position (0: the first drafted token).",
+            labels=[*self._labels, "position"],
+        )
+        for position, accepted in enumerate(s.spec_accepted_per_pos):
+            per_pos.add_metric([*self._labels.values(), str(position)], accepted)
+        yield per_pos
 
 
 class ServerMetrics:

@@ -12,13 +12,19 @@ from llmctl.agent.cli import (
     Dtype,
     GroupSize,
     KvCacheDtype,
+    NgramMax,
+    NgramMin,
+    NumSpeculativeTokens,
     Quantization,
+    SpeculativeMethod,
+    SpeculativeModel,
     Threads,
     engine_config,
     engine_config_object,
     fail,
     given_on_command_line,
     quant_flags,
+    spec_flags,
 )
 
 
@@ -74,8 +80,10 @@ def quantize(
     typer.echo(f"wrote {report.out}")
 
 
-# Per-flag engine settings of each side of `llmctl eval`; --dtype and --threads set both sides.
-CANDIDATE_FLAGS = ("quantization", "group_size", "kv_cache_dtype")
+# Per-flag engine settings of each side of `llmctl eval`; --dtype and --threads set both sides. The speculative
+# flags only reach the candidate's EngineConfig: eval scores logits, which speculation does not change.
+CANDIDATE_FLAGS = ("quantization", "group_size", "kv_cache_dtype", "speculative_method", "speculative_model",
+                   "num_speculative_tokens", "ngram_max", "ngram_min")
 REFERENCE_FLAGS = ("reference_quantization", "reference_kv_cache_dtype")
 BOTH_SIDES_FLAGS = ("dtype", "threads")
 
@@ -100,6 +108,11 @@ def eval_command(
     quantization: Quantization = "none",
     group_size: GroupSize = "auto",
     kv_cache_dtype: KvCacheDtype = "auto",
+    speculative_method: SpeculativeMethod = "none",
+    speculative_model: SpeculativeModel = None,
+    num_speculative_tokens: NumSpeculativeTokens = 4,
+    ngram_max: NgramMax = 4,
+    ngram_min: NgramMin = 1,
     reference_model: Annotated[
         str | None, typer.Option("--reference-model", help="Reference checkpoint (default: MODEL)")
     ] = None,
@@ -140,7 +153,9 @@ def eval_command(
         cand_cfg = side_config_from_json(ctx, "--engine-config", engine_config_json, model, CANDIDATE_FLAGS + both)
     else:
         cand_cfg = engine_config(model, dtype=dtype, kv_cache_dtype=kv_cache_dtype, num_threads=threads,
-                                 **quant_flags(quantization, group_size))
+                                 **quant_flags(quantization, group_size),
+                                 **spec_flags(speculative_method, speculative_model, num_speculative_tokens,
+                                              ngram_max, ngram_min))
     if reference_engine_config_json is not None:
         ref_cfg = side_config_from_json(ctx, "--reference-engine-config", reference_engine_config_json,
                                         reference_model or model, REFERENCE_FLAGS + both)

@@ -15,6 +15,8 @@ torch threads as the set has cores."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 KV_CACHE_DTYPES = ("auto", "int8", "fp8")
 QUANTIZATIONS = ("int8", "awq", "rtn4")
+SPECULATIVE_METHODS = ("none", "ngram", "draft", "self-int4")
+MAX_SPECULATIVE_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,14 @@ class EngineConfig:
     num_threads: int | None = None
     """torch intra-op threads on CPU; default: torch's choice."""
     served_model_name: str | None = None
+    speculative_method: str = "none"
+    """none | ngram (prompt lookup) | draft (speculative_model) | self-int4 (the target's own AWQ copy)."""
+    speculative_model: str | None = None
+    """The draft model of speculative_method draft: same tokenizer as the target."""
+    num_speculative_tokens: int = 4
+    """Most tokens drafted per sequence and step; each sequence adapts below it, down to 0."""
+    ngram_max: int = 4
+    ngram_min: int = 1
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -69,6 +79,25 @@ class EngineConfig:
             raise InvalidRequest("kv_cache_memory must be a positive number of bytes")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise InvalidRequest("max_model_len must be >= 1")
+        self._check_speculative()
+
+    def _check_speculative(self) -> None:
+        if self.speculative_method not in SPECULATIVE_METHODS:
+            raise InvalidRequest(
+                f"speculative method must be one of {', '.join(SPECULATIVE_METHODS)}, got {self.speculative_method!r}"
+            )
+        if (self.speculative_method == "draft") != (self.speculative_model is not None):
+            raise InvalidRequest("--speculative-model names the draft of --speculative-method draft, and only that")
+        if not 1 <= self.num_speculative_tokens <= MAX_SPECULATIVE_TOKENS:
+            raise InvalidRequest(
+                f"num_speculative_tokens must be in [1, {MAX_SPECULATIVE_TOKENS}], got {self.num_speculative_tokens}"
+            )
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise InvalidRequest(f"need 1 <= ngram_min <= ngram_max, got {self.ngram_min} and {self.ngram_max}")
+
+    @property
+    def speculative(self) -> bool:
+        return self.speculative_method != "none"
 
     def replace(self, **changes: Any) -> EngineConfig:
         return dataclasses.replace(self, **changes)

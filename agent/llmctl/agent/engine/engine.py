@@ -15,7 +15,7 @@ from llmctl.agent.engine.detokenizer import IncrementalDetokenizer
 from llmctl.agent.engine.errors import InvalidRequest
 from llmctl.agent.engine.kv_cache import BlockManager
 from llmctl.agent.engine.model_runner import ModelRunner
-from llmctl.agent.engine.sampler import Sampler
+from llmctl.agent.engine.sampler import Sampler, SampleResult
 from llmctl.agent.engine.sampling import SamplingParams
 from llmctl.agent.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from llmctl.agent.engine.sequence import CompletionOutput, RequestOutput, Sequence, TokenLogprob
@@ -87,6 +87,13 @@ class EngineStats:
     model_bytes: int = 0
     kv_cache_bytes: int = 0
     """Bytes of the whole KV pool (every block, scales included)."""
+    num_seq_forwards: int = 0
+    """Target forwards summed over the sequences that generated a token in them."""
+    spec_num_drafts: int = 0
+    """Sequence-steps that verified at least one drafted token."""
+    spec_num_draft_tokens: int = 0
+    spec_num_accepted_tokens: int = 0
+    spec_accepted_per_pos: tuple[int, ...] = ()
 
 
 def load_quantized(config: EngineConfig, folder, hf_config, tokenizer, dtype: torch.dtype):
@@ -128,6 +135,46 @@ def load_quantized(config: EngineConfig, folder, hf_config, tokenizer, dtype: to
     return model, spec
 
 
+DRAFT_METHODS = ("draft", "self-int4")
+
+
+def load_draft(config: EngineConfig, tokenizer, hf_config, dtype: torch.dtype):
+    """The finalized draft model of speculative_method draft (speculative_model) or self-int4 (the target's own
+    checkpoint quantized to 4-bit AWQ at load). Its tokenizer must be the target's, token for token."""
+    from llmctl.agent.engine import loader
+    from llmctl.agent.engine.models.llama import finalize
+
+    name = config.speculative_model if config.speculative_method == "draft" else config.model
+    draft_config = EngineConfig(model=name, dtype=config.dtype, device=config.device,
+                                quantization="awq" if config.speculative_method == "self-int4" else None)
+    folder = loader.resolve_model(name)
+    draft_hf = loader.load_model_config(folder)
+    draft_tokenizer = loader.load_tokenizer(folder) if config.speculative_method == "draft" else tokenizer
+    if draft_tokenizer.get_vocab() != tokenizer.get_vocab() or draft_hf.vocab_size != hf_config.vocab_size:
+        raise InvalidRequest(
+            f"draft model {name} has another tokenizer than the target {config.model} "
+            f"({draft_hf.vocab_size} vs {hf_config.vocab_size} logits, {len(draft_tokenizer)} vs {len(tokenizer)} "
+            "tokens): a draft must share the target's vocabulary token for token"
+        )
+    draft, _ = load_quantized(draft_config, folder, draft_hf, draft_tokenizer, dtype)
+    finalize(draft)
+    return draft
+
+
+def make_speculator(config: EngineConfig, draft, num_blocks: int, dtype: torch.dtype):
+    from llmctl.agent.engine.speculative import SpeculativeDecoder
+
+    if draft is not None:
+        from llmctl.agent.engine.draft_model import DraftModelProposer
+
+        proposer = DraftModelProposer(draft, num_blocks, config.block_size, dtype, config.device)
+    else:
+        from llmctl.agent.engine.proposers import NgramProposer
+
+        proposer = NgramProposer(config.ngram_min, config.ngram_max)
+    return SpeculativeDecoder(config.speculative_method, config.num_speculative_tokens, proposer)
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig):
         from llmctl.agent.engine import loader
@@ -151,11 +198,15 @@ class LLMEngine:
             )
             fp8_scales = kv.calibrate_fp8_scales(model, windows, block_size=config.block_size, device=config.device)
         finalize(model)
+        draft = load_draft(config, self.tokenizer, hf_config, dtype) if config.speculative_method in DRAFT_METHODS else None
 
         model_max = getattr(hf_config, "max_position_embeddings", None) or 2048
         max_model_len = min(config.max_model_len or model_max, model_max)
         kv_dtype = kv_pool.pool_dtype(config.kv_cache_dtype, dtype)
         kv_per_token = kv_pool.kv_bytes_per_token(model.num_layers, model.num_kv_heads, model.head_dim, kv_dtype)
+        if draft is not None:
+            # The draft's pool mirrors the target's blocks (draft_model.py): a token costs both.
+            kv_per_token += kv_pool.kv_bytes_per_token(draft.num_layers, draft.num_kv_heads, draft.head_dim, dtype)
         if config.num_kv_blocks is not None:
             num_blocks = config.num_kv_blocks
         else:
@@ -195,10 +246,14 @@ class LLMEngine:
         self.runner = ModelRunner(model, num_blocks, config.block_size, kv_dtype, config.device, fp8_scales)
         self.sampler = Sampler()
         self.requests: dict[str, Sequence] = {}
-        self._counters = {"prompt": 0, "generation": 0, "prefilled": 0}
+        self._counters = {"prompt": 0, "generation": 0, "prefilled": 0, "seq_forwards": 0}
         self._peak = (0, 0.0)
         self.logits_observer = None
-        """Optional callable(request_ids, logits [S, vocab]) seeing every step's logits (tests, evaluation)."""
+        """Optional callable(request_ids, logits [rows, vocab]) seeing every step's logits (tests, evaluation); a
+        request verifying drafted tokens has one row per draft and one more."""
+        self.speculator = None
+        if config.speculative:
+            self.speculator = make_speculator(config, draft, num_blocks, dtype)
 
     def score(self, token_lists: list[list[int]]) -> list[torch.Tensor]:
         """Float32 next-token logits [len, vocab] at every position of each token list, through this
@@ -316,15 +371,31 @@ class LLMEngine:
             torch.set_num_threads(want)
 
     def step(self) -> list[RequestOutput]:
+        if self.speculator is not None:
+            self.speculator.plan(self.scheduler.running, self.info.max_model_len)
         batch = self.scheduler.schedule()
         if batch.is_empty:
             return []
+        if self.speculator is not None:
+            self.speculator.fill(batch.seqs, self.sampler.generator)
         self._track_kv(batch)
+        started = time.perf_counter()
         logits, samplers = self.runner.execute(batch)
         if self.logits_observer is not None:
-            self.logits_observer([s.request_id for s in samplers], logits)
+            self.logits_observer([s.request_id for s in samplers for _ in range(1 + len(s.draft_token_ids))], logits)
+        results = self._sample(logits, samplers, batch.num_tokens, time.perf_counter() - started)
+        return self._update(batch, samplers, results)
+
+    def _sample(self, logits: torch.Tensor, samplers: list[Sequence], rows: int, seconds: float) -> list[SampleResult]:
+        """Per sampling sequence: the tokens it emits this step (one, or with drafts the accepted ones and one
+        of the target's) and their logprobs."""
+        self._counters["seq_forwards"] += len(samplers)
+        if self.speculator is not None:
+            self.speculator.observe_step(rows, seconds)
+            if any(s.draft_token_ids for s in samplers):
+                return self.speculator.verify(logits, samplers, self.sampler)
         result = self.sampler(logits, [s.params for s in samplers], [s.generator for s in samplers])
-        return self._update(batch, samplers, result)
+        return [SampleResult([t], [lp]) for t, lp in zip(result.token_ids, result.logprobs, strict=True)]
 
     def _track_kv(self, batch: ScheduledBatch) -> None:
         used = self.block_manager.num_used_blocks
@@ -343,25 +414,32 @@ class LLMEngine:
         )
         return slack / (used * bs)
 
-    def _update(self, batch: ScheduledBatch, samplers: list[Sequence], result) -> list[RequestOutput]:
+    def _update(self, batch: ScheduledBatch, samplers: list[Sequence], results: list[SampleResult]
+                ) -> list[RequestOutput]:
         now = time.monotonic()
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             start = seq.num_computed_tokens
             self._counters["prefilled"] += max(0, min(start + n, seq.num_prompt_tokens) - start)
-            seq.num_computed_tokens += n
+            seq.num_computed_tokens += n - len(seq.draft_token_ids)  # drafted tokens count once accepted
         outputs = []
-        for row, seq in enumerate(samplers):
-            token = result.token_ids[row]
-            seq.output_token_ids.append(token)
-            self._counters["generation"] += 1
+        for seq, result in zip(samplers, results, strict=True):
+            if seq.draft_token_ids:
+                seq.num_computed_tokens += len(result.token_ids) - 1
+                seq.draft_token_ids = []
+                self.block_manager.trim(seq)
             if seq.first_token_time is None:
                 seq.first_token_time = now
-            if result.logprobs[row] is not None:
-                lp, alts = result.logprobs[row]
-                seq.logprobs.append(TokenLogprob(
-                    token, self._token_str(token), lp, [(t, self._token_str(t), v) for t, v in alts]
-                ))
-            self._check_stop(seq, token)
+            for token, logprob in zip(result.token_ids, result.logprobs, strict=True):
+                seq.output_token_ids.append(token)
+                self._counters["generation"] += 1
+                if logprob is not None:
+                    lp, alts = logprob
+                    seq.logprobs.append(TokenLogprob(
+                        token, self._token_str(token), lp, [(t, self._token_str(t), v) for t, v in alts]
+                    ))
+                self._check_stop(seq, token)
+                if seq.finish_reason is not None:
+                    break
             if seq.finish_reason is not None:
                 seq.finish_time = now
                 self.scheduler.finish(seq)
@@ -467,4 +545,13 @@ class LLMEngine:
             linear_weight_bytes=self.info.linear_weight_bytes,
             model_bytes=self.info.model_bytes,
             kv_cache_bytes=bm.num_blocks * self.info.block_size * self.info.kv_bytes_per_token,
+            num_seq_forwards=self._counters["seq_forwards"],
+            **self._spec_stats(),
         )
+
+    def _spec_stats(self) -> dict:
+        if self.speculator is None:
+            return {}
+        c = self.speculator.counters
+        return {"spec_num_drafts": c.num_drafts, "spec_num_draft_tokens": c.num_draft_tokens,
+                "spec_num_accepted_tokens": c.num_accepted_tokens, "spec_accepted_per_pos": tuple(c.accepted_per_pos)}

@@ -139,6 +139,19 @@ class BlockManager:
             block.ref_count = 1
             seq.block_table.append(block_id)
 
+    def trim(self, seq: Sequence) -> None:
+        """Give back the tail blocks beyond num_computed_tokens (a rejected draft's slots). Never cached: drafted
+        tokens' blocks are not published."""
+        keep = self.blocks_needed(seq.num_computed_tokens)
+        seq.draft_computed = min(seq.draft_computed, seq.num_computed_tokens)
+        while len(seq.block_table) > keep:
+            block_id = seq.block_table.pop()
+            block = self.blocks[block_id]
+            assert block.ref_count == 1 and block.block_hash is None, "a drafted block was shared or published"
+            block.ref_count = 0
+            self.free[block_id] = None
+            self.free.move_to_end(block_id, last=False)
+
     def release(self, seq: Sequence) -> None:
         """Drop the sequence's references; blocks at refcount 0 stay cached until evicted."""
         # Tail blocks first, so the most specific (least shareable) blocks are evicted first.
@@ -156,3 +169,4 @@ class BlockManager:
         seq.block_table = []
         seq.block_hashes = []
         seq.num_computed_tokens = 0
+        seq.draft_computed = 0

@@ -35,7 +35,8 @@ class ModelRunner:
         )
 
     def prepare(self, batch: ScheduledBatch) -> tuple[ModelInput, list[Sequence]]:
-        """Build the step's tensors; returns them and the sequences that sample, in logits-row order."""
+        """Build the step's tensors; returns them and the sequences that sample, in logits-row order (a sequence
+        with drafted tokens has 1 + len(draft_token_ids) rows, the others one)."""
         bs = self.block_size
         dev = self.device
         decodes = [s for s, n in zip(batch.seqs, batch.num_new_tokens, strict=True) if n == 1]
@@ -70,11 +71,13 @@ class ModelRunner:
             lens = [n for _, n in prefills]
             starts = [s.num_computed_tokens for s in seqs]
             for s, n, start in zip(seqs, lens, starts, strict=True):
-                ids.extend(s.token_slice(start, start + n))
+                ids.extend(s.step_tokens(start, n))
                 positions.extend(range(start, start + n))
                 slot_mapping.extend(s.block_table[p // bs] * bs + p % bs for p in range(start, start + n))
-                if start + n == s.num_tokens:
-                    logits_rows.append(len(ids) - 1)
+                if start + n == s.num_tokens + len(s.draft_token_ids):
+                    # The last token's logits, and with drafted tokens every draft's (rejection.py).
+                    first = len(ids) - 1 - len(s.draft_token_ids)
+                    logits_rows.extend(range(first, len(ids)))
                     samplers.append(s)
             tables = self._tables(seqs, [-(-(a + n) // bs) for a, n in zip(starts, lens, strict=True)])
             prefill = prefill_metadata(lens, starts, tables, bs, dev)

@@ -49,6 +49,19 @@ def apply_filters(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
     return logits
 
 
+def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Per row (one SamplingParams each): the distribution sampling draws from, after temperature, min-p, top-k
+    and top-p. [R, V] float32."""
+    temps = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params])
+    filtered = apply_filters(
+        logits / temps[:, None],
+        torch.tensor([p.top_k for p in params]),
+        torch.tensor([p.top_p for p in params]),
+        torch.tensor([p.min_p for p in params]),
+    )
+    return filtered.softmax(-1)
+
+
 class Sampler:
     def __init__(self, seed: int = 0):
         self.generator = torch.Generator().manual_seed(seed)
@@ -63,15 +76,7 @@ class Sampler:
         if all(greedy):
             tokens = logits.max(-1).indices  # max() is ~3x faster than argmax() on CPU
         else:
-            temps = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params])
-            scaled = logits / temps[:, None]
-            filtered = apply_filters(
-                scaled,
-                torch.tensor([p.top_k for p in params]),
-                torch.tensor([p.top_p for p in params]),
-                torch.tensor([p.min_p for p in params]),
-            )
-            probs = filtered.softmax(-1)
+            probs = filtered_probs(logits, params)
             for r in range(rows):
                 if greedy[r]:
                     tokens[r] = logits[r].argmax()
@@ -80,14 +85,22 @@ class Sampler:
                     noise = torch.empty_like(probs[r]).exponential_(generator=generators[r] or self.generator)
                     tokens[r] = (probs[r] / noise).argmax()
         token_list = tokens.tolist()
-        want = [p.logprobs is not None for p in params]
         logprobs: list = [None] * rows
-        if any(want):
-            lp = logits.log_softmax(-1)
-            for r in range(rows):
-                if want[r]:
-                    n = params[r].logprobs
-                    top = lp[r].topk(n) if n else None
-                    alts = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
-                    logprobs[r] = (float(lp[r, token_list[r]]), alts)
+        for r in range(rows):
+            if params[r].logprobs is not None:
+                logprobs[r] = self.logprobs_at(logits[r : r + 1], token_list[r : r + 1], params[r].logprobs)[0]
         return SampleResult(token_list, logprobs)
+
+    @staticmethod
+    def logprobs_at(logits: torch.Tensor, tokens: list[int], num_top: int | None) -> list:
+        """Row i's log-probability of tokens[i] and its num_top best alternatives; [None] * len when num_top is
+        None (not asked for). logits [>= len(tokens), V]."""
+        if num_top is None:
+            return [None] * len(tokens)
+        lp = logits[: len(tokens)].log_softmax(-1)
+        out = []
+        for r, token in enumerate(tokens):
+            top = lp[r].topk(num_top) if num_top else None
+            alts = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
+            out.append((float(lp[r, token]), alts))
+        return out

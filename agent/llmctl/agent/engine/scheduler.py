@@ -1,7 +1,7 @@
 """Iteration-level continuous batching with chunked prefill and preemption by recompute.
 
-Each step spends a token budget: running sequences first (decodes and unfinished prefill chunks, in
-admission order), then waiting ones in arrival order. When the pool runs dry the newest running
+Each step spends a token budget: running sequences first (decodes, with their drafted tokens when speculating,
+and unfinished prefill chunks, in admission order), then waiting ones in arrival order. When the pool runs dry the newest running
 sequence is preempted: its blocks are freed and it is requeued at the front to be recomputed.
 No tensors here.
 """
@@ -59,10 +59,17 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_uncomputed_tokens, budget)
+            verified = seq.num_uncomputed_tokens
+            if verified != 1:
+                seq.draft_token_ids = []
+            n = min(verified + len(seq.draft_token_ids), budget)
+            del seq.draft_token_ids[max(n - verified, 0) :]  # what the budget leaves room for
             if self._must_wait_for_whole(seq, n):
                 i += 1
                 continue
+            if seq.draft_token_ids and not self.blocks.can_grow(seq, n):
+                seq.draft_token_ids = []  # a draft never costs another sequence its blocks
+                n = min(verified, budget)
             while not self.blocks.can_grow(seq, n):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -71,7 +78,8 @@ class Scheduler:
                     break
             else:
                 self.blocks.grow(seq, n)
-                self.blocks.cache_computed_blocks(seq, seq.num_computed_tokens + n)
+                # Drafted tokens are not the sequence's until verified: no block of them is published.
+                self.blocks.cache_computed_blocks(seq, seq.num_computed_tokens + min(n, verified))
                 batch.seqs.append(seq)
                 batch.num_new_tokens.append(n)
                 budget -= n
@@ -111,6 +119,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        seq.draft_token_ids = []
         self.blocks.release(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1

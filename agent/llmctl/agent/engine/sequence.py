@@ -85,6 +85,13 @@ class Sequence:
     """Generated text, trimmed at a stop string once one is found."""
     num_sent_chars: int = 0
     num_sent_tokens: int = 0
+    # Speculative decoding (engine/speculative.py): this step's draft, the sequence's acceptance, its n-grams.
+    draft_token_ids: list[int] = field(default_factory=list)
+    """Drafted tokens verified in this step, after the last computed token; never part of token_ids."""
+    spec_state: object | None = None
+    ngram_index: object | None = None
+    draft_computed: int = 0
+    """Tokens whose K/V the draft model has in its pool (draft_model.py)."""
 
     def token_at(self, index: int) -> int:
         n = len(self.prompt_token_ids)
@@ -97,6 +104,12 @@ class Sequence:
         return (self.prompt_token_ids[start:] if start < n else []) + self.output_token_ids[
             max(start - n, 0) : stop - n
         ]
+
+    def step_tokens(self, start: int, n: int) -> list[int]:
+        """Tokens at positions [start, start + n), running on into the drafted tokens."""
+        tokens = self.token_slice(start, min(start + n, self.num_tokens))
+        extra = start + n - self.num_tokens
+        return tokens + self.draft_token_ids[:extra] if extra > 0 else tokens
 
     @property
     def token_ids(self) -> list[int]:

@@ -16,9 +16,14 @@ from llmctl.agent.cli import (
     MaxBatchedTokens,
     MaxModelLen,
     MaxNumSeqs,
+    NgramMax,
+    NgramMin,
     NumKvBlocks,
+    NumSpeculativeTokens,
     PrefixCaching,
     Quantization,
+    SpeculativeMethod,
+    SpeculativeModel,
     Threads,
     engine_config_object,
     given_on_command_line,
@@ -64,6 +69,11 @@ ENGINE_FLAGS = {
     "threads": "num_threads",
     "quantization": "quantization",
     "group_size": "quantization_group_size",
+    "speculative_method": "speculative_method",
+    "speculative_model": "speculative_model",
+    "num_speculative_tokens": "num_speculative_tokens",
+    "ngram_max": "ngram_max",
+    "ngram_min": "ngram_min",
 }
 
 Wait = Annotated[
@@ -103,6 +113,11 @@ def deploy(
     threads: Threads = None,
     quantization: Quantization = "none",
     group_size: GroupSize = "auto",
+    speculative_method: SpeculativeMethod = "none",
+    speculative_model: SpeculativeModel = None,
+    num_speculative_tokens: NumSpeculativeTokens = 4,
+    ngram_max: NgramMax = 4,
+    ngram_min: NgramMin = 1,
     engine_config_json: Annotated[
         str | None,
         typer.Option(

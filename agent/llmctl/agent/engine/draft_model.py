@@ -1,0 +1,119 @@
+"""A draft model inside the engine: a smaller model with the target's tokenizer (or the target's own 4-bit copy)
+drafts k tokens per sequence, one batched forward per drafted position.
+
+Its KV pool mirrors the target's: the same number of blocks of the same size, addressed through the target's
+block tables, so the block manager's decisions (allocation, prefix sharing, preemption, trimming a rejected
+draft) hold for both and the draft needs no bookkeeping of its own beyond `Sequence.draft_computed`, the
+tokens whose draft K/V is in place. A sequence's first draft therefore prefills its whole context in the draft
+model, and later steps catch up on what the target accepted since.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from llmctl.agent.engine import kv_pool
+from llmctl.agent.engine.batch import ModelInput
+from llmctl.agent.engine.model_runner import prefill_metadata
+from llmctl.agent.engine.models.llama import LlamaModel
+from llmctl.agent.engine.proposers import Proposal
+from llmctl.agent.engine.sampler import filtered_probs
+from llmctl.agent.engine.sequence import Sequence
+
+SECONDS_MEMORY = 0.9
+
+
+class DraftModelProposer:
+    needs_budget_first = True
+    """Drafting costs a forward per position: decide how many tokens first, then draft exactly that many."""
+
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, kv_dtype: torch.dtype, device: str):
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.kv_caches = kv_pool.allocate(
+            model.num_layers, num_blocks, block_size, model.num_kv_heads, model.head_dim, kv_dtype, device
+        )
+        self.seconds_per_forward = self._time_forward()
+        """Seconds of one drafted position for a small batch, kept current as the engine drafts."""
+
+    def _time_forward(self) -> float:
+        # Block 0, slot 0: whatever is written there is overwritten before any sequence reads it, since a
+        # sequence's draft K/V is always written by its own catch-up first.
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            self._forward([0], [[0]], [[0]])
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    def _forward(self, starts: list[int], chunks: list[list[int]], tables: list[list[int]]) -> torch.Tensor:
+        """Draft forward of each chunk at positions start.., K/V into the target's block ids; float32 logits
+        [S, V] after each chunk's last token."""
+        bs, dev = self.block_size, self.device
+        lens = [len(c) for c in chunks]
+        width = max(-(-(s + n) // bs) for s, n in zip(starts, lens, strict=True))
+        padded = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in tables], dtype=torch.int32)
+        ids, positions, slots = [], [], []
+        for start, chunk, table in zip(starts, chunks, tables, strict=True):
+            ids.extend(chunk)
+            positions.extend(range(start, start + len(chunk)))
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + len(chunk)))
+        prefill = prefill_metadata(lens, starts, padded, bs, dev)
+        model_input = ModelInput(
+            input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
+            positions=torch.tensor(positions, dtype=torch.long, device=dev),
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            decode=None,
+            prefill=prefill,
+            logits_rows=prefill.cu_seqlens_q[1:].long() - 1,
+        )
+        return self.model(model_input, self.kv_caches).float().cpu()
+
+    def propose(self, seqs: list[Sequence], ks: list[int], generator: torch.Generator) -> list[Proposal]:
+        """ks[i] tokens for seqs[i], whose block tables already hold their slots (the scheduler reserved them)."""
+        tokens: list[list[int]] = [[] for _ in seqs]
+        probs: list[list[torch.Tensor]] = [[] for _ in seqs]
+        # Catch up on the tokens the target has and the draft has not seen, the last sampled one included.
+        starts = [s.draft_computed for s in seqs]
+        logits = self._forward(starts, [s.token_slice(a, s.num_tokens) for s, a in zip(seqs, starts, strict=True)],
+                               [s.block_table for s in seqs])
+        active = list(range(len(seqs)))
+        for seq in seqs:
+            seq.draft_computed = seq.num_tokens
+        for depth in range(max(ks)):
+            rows = self._sample(logits, [seqs[i] for i in active], generator)
+            for i, (token, q) in zip(active, rows, strict=True):
+                tokens[i].append(token)
+                if q is not None:
+                    probs[i].append(q)
+            active = [i for i in active if len(tokens[i]) < ks[i]]
+            if not active:
+                break
+            # The token just drafted goes in at its position; its logits give the next draft.
+            started = time.perf_counter()
+            logits = self._forward([seqs[i].num_tokens + depth for i in active], [[tokens[i][-1]] for i in active],
+                                   [seqs[i].block_table for i in active])
+            self.seconds_per_forward = (SECONDS_MEMORY * self.seconds_per_forward
+                                        + (1 - SECONDS_MEMORY) * (time.perf_counter() - started))
+            for i in active:
+                seqs[i].draft_computed += 1
+        return [Proposal(t, torch.stack(p) if p else None) for t, p in zip(tokens, probs, strict=True)]
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, seqs: list[Sequence], generator: torch.Generator):
+        """Per row: (draft token, the distribution it was drawn from or None for a greedy request's argmax)."""
+        out = []
+        sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
+        q = filtered_probs(logits[sampled], [seqs[i].params for i in sampled]) if sampled else None
+        at = {i: r for r, i in enumerate(sampled)}
+        for i, seq in enumerate(seqs):
+            if seq.params.greedy:
+                out.append((int(logits[i].argmax()), None))
+                continue
+            row = q[at[i]]
+            noise = torch.empty_like(row).exponential_(generator=seq.generator or generator)
+            out.append((int((row / noise).argmax()), row))
+        return out
