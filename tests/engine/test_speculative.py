@@ -7,6 +7,7 @@ nearly always wrong. Plus the pieces: prompt lookup, the rejection rule, the ada
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 import torch
@@ -19,7 +20,13 @@ from llmctl.agent.engine.proposers import NgramIndex
 from llmctl.agent.engine.rejection import verify_greedy, verify_sampled
 from llmctl.agent.engine.sampler import filtered_probs
 from llmctl.agent.engine.sampling import SamplingParams
-from llmctl.agent.engine.speculative import StepCost, choose_drafts
+from llmctl.agent.engine.speculative import (
+    PRIOR_FIRST,
+    Acceptance,
+    StepCost,
+    choose_drafts,
+    expected_tokens,
+)
 from tests.factories import make_tiny_llama
 
 SIGNIFICANCE = 1e-3
@@ -30,7 +37,7 @@ SIGNIFICANCE = 1e-3
 def lookup(tokens: list[int], k: int, n_min: int = 1, n_max: int = 3) -> list[int]:
     index = NgramIndex(n_min, n_max)
     index.extend(tokens)
-    return index.lookup(tokens, k)
+    return index.lookup(tokens, k)[0]
 
 
 def test_ngram_proposes_what_followed_the_latest_occurrence_of_the_longest_suffix():
@@ -39,7 +46,11 @@ def test_ngram_proposes_what_followed_the_latest_occurrence_of_the_longest_suffi
     # "6 7" occurred at 1-2 (then 1) and at 5-6 (then 2): the latest wins.
     assert lookup(tokens, 3) == [2, 8, 6]
     # "5 6 7" (3 tokens) beats "6 7" when it matches.
-    assert lookup([5, 6, 7, 1, 9, 6, 7, 2, 5, 6, 7], 2) == [1, 9]
+    tokens = [5, 6, 7, 1, 9, 6, 7, 2, 5, 6, 7]
+    assert lookup(tokens, 2) == [1, 9]
+    index = NgramIndex(1, 3)
+    index.extend(tokens)
+    assert index.lookup(tokens, 2)[1] == 3  # the matched length: acceptance is tracked per length
 
 
 def test_ngram_proposes_nothing_without_a_match_and_at_most_k():
@@ -56,36 +67,66 @@ def test_ngram_index_grows_with_the_sequence_without_rebuilding():
     tokens += [4, 5]
     index.extend(tokens)
     assert index.upto == 5
-    assert index.lookup(tokens, 2) == [6, 4]
+    assert index.lookup(tokens, 2) == ([6, 4], 2)
 
 
 # -- the draft budget -------------------------------------------------------------------------------------
+def geometric(first: float, nxt: float, cap: int) -> list[float]:
+    return [first * nxt ** (j - 1) for j in range(1, cap + 1)]
+
+
+def line(a: float, b: float):
+    return lambda rows: a + b * rows
+
+
 def test_drafts_where_an_extra_row_is_cheap_and_not_where_it_is_dear():
     # Batch 1 on a CPU: a step of 1 row costs 10 ms, each extra row 0.2 ms: a 70% proposer is worth several drafts.
-    assert choose_drafts([0.7], [8], 1, (0.01, 0.0002)) == [8]
+    assert choose_drafts([geometric(0.7, 0.7, 8)], 1, line(0.01, 0.0002)) == [8]
     # Each row as dear as the step itself (compute-bound): drafting loses unless nearly always right.
-    assert choose_drafts([0.7], [8], 1, (0.0, 0.01)) == [0]
-    assert choose_drafts([0.7, 0.05], [4, 4], 2, (0.01, 0.001)) == [4, 0]
+    assert choose_drafts([geometric(0.7, 0.7, 8)], 1, line(0.0, 0.01)) == [0]
+    # Two sequences: the good proposer drafts, the bad one decodes plainly.
+    assert choose_drafts([geometric(0.7, 0.9, 4), geometric(0.05, 0.5, 4)], 2, line(0.01, 0.001)) == [4, 0]
 
 
 def test_a_draft_model_forward_per_position_is_paid_for():
-    cheap_rows = (0.01, 0.0001)
-    assert choose_drafts([0.9], [4], 1, cheap_rows, per_position=0.001) == [4]
+    cheap_rows = line(0.01, 0.0001)
+    assert choose_drafts([geometric(0.9, 0.9, 4)], 1, cheap_rows, per_position=0.001) == [4]
     # A draft forward as dear as a target step (the target drafting for itself) never pays.
-    assert choose_drafts([0.9], [4], 1, cheap_rows, per_position=0.01) == [0]
+    assert choose_drafts([geometric(0.9, 0.9, 4)], 1, cheap_rows, per_position=0.01) == [0]
 
 
-def test_step_cost_fit_recovers_the_line_and_forgets_old_steps():
-    cost = StepCost()
-    assert cost.fit() is None
-    for rows in [1, 5, 1, 3, 1, 5] * 20:
-        cost.observe(rows, 0.010 + 0.0005 * rows)
-    a, b = cost.fit()
-    assert a == pytest.approx(0.010, rel=0.05) and b == pytest.approx(0.0005, rel=0.1)
-    for rows in [1, 5, 1, 3] * 100:  # the box slows down 2x
-        cost.observe(rows, 2 * (0.010 + 0.0005 * rows))
-    a, b = cost.fit()
-    assert a == pytest.approx(0.020, rel=0.05) and b == pytest.approx(0.001, rel=0.1)
+def test_unexplored_rates_are_tried_and_poor_ones_given_up():
+    fresh = Acceptance()
+    optimistic = expected_tokens(Acceptance(), fresh, 1)[0]
+    assert optimistic > PRIOR_FIRST  # nothing seen yet: tried as if better than the prior
+    poor = Acceptance()
+    for _ in range(200):
+        poor.record(drafted=2, accepted=0, memory=0.98)
+    assert expected_tokens(Acceptance(), poor, 1)[0] < 0.1
+    # A sequence with its own good record keeps drafting where the shared rate is poor.
+    own = Acceptance()
+    for _ in range(50):
+        own.record(drafted=2, accepted=2, memory=0.9)
+    assert expected_tokens(own, poor, 1)[0] > 0.8
+
+
+def test_step_cost_curve_interpolates_and_follows_a_slower_box():
+    cost = StepCost([(1, 0.010), (16, 0.012), (64, 0.060)])
+    assert cost(1) == pytest.approx(0.010)
+    assert cost(8) == pytest.approx(0.010 + 0.002 * 7 / 15)
+    assert cost(40) == pytest.approx(0.036)
+    assert cost(100) == pytest.approx(0.096)  # past the last point, the last slope
+    for _ in range(200):
+        cost.observe(16, 0.024)  # twice what was measured at start-up
+    assert cost(16) == pytest.approx(0.024, rel=0.01)
+    assert cost(64) == pytest.approx(0.120, rel=0.01)
+
+
+def test_step_cost_measurement_never_falls():
+    times = iter([0.02, 0.02, 0.01, 0.01, 0.03, 0.03] + [0.05] * 40)
+    cost = StepCost.measure(lambda rows: time.sleep(next(times) / 10), max_rows=16)
+    assert cost.rows == [1, 2, 4, 8, 16]
+    assert all(b >= a for a, b in zip(cost.seconds, cost.seconds[1:], strict=False))
 
 
 # -- the rejection rule on known distributions ---------------------------------------------------------------

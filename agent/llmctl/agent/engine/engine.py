@@ -161,18 +161,26 @@ def load_draft(config: EngineConfig, tokenizer, hf_config, dtype: torch.dtype):
     return draft
 
 
-def make_speculator(config: EngineConfig, draft, num_blocks: int, dtype: torch.dtype):
-    from llmctl.agent.engine.speculative import SpeculativeDecoder
+def make_speculator(config: EngineConfig, draft, runner: ModelRunner, dtype: torch.dtype):
+    from llmctl.agent.engine.speculative import SpeculativeDecoder, StepCost
 
     if draft is not None:
         from llmctl.agent.engine.draft_model import DraftModelProposer
 
+        num_blocks = runner.kv_caches[0].k.shape[0]
         proposer = DraftModelProposer(draft, num_blocks, config.block_size, dtype, config.device)
     else:
         from llmctl.agent.engine.proposers import NgramProposer
 
         proposer = NgramProposer(config.ngram_min, config.ngram_max)
-    return SpeculativeDecoder(config.speculative_method, config.num_speculative_tokens, proposer)
+
+    def forward(rows: int) -> None:
+        # Chunks of at most 16 tokens, as a step's verified drafts come: rows of linears and logits, short attention.
+        runner.score([[(i * 7 + 11) % 1000 for i in range(n)] for n in [16] * (rows // 16) + [rows % 16] if n])
+
+    max_rows = min(config.max_num_batched_tokens, config.max_num_seqs * (1 + config.num_speculative_tokens))
+    return SpeculativeDecoder(config.speculative_method, config.num_speculative_tokens, proposer,
+                              StepCost.measure(forward, max_rows))
 
 
 class LLMEngine:
@@ -253,7 +261,7 @@ class LLMEngine:
         request verifying drafted tokens has one row per draft and one more."""
         self.speculator = None
         if config.speculative:
-            self.speculator = make_speculator(config, draft, num_blocks, dtype)
+            self.speculator = make_speculator(config, draft, self.runner, dtype)
 
     def score(self, token_lists: list[list[int]]) -> list[torch.Tensor]:
         """Float32 next-token logits [len, vocab] at every position of each token list, through this
@@ -383,15 +391,19 @@ class LLMEngine:
         logits, samplers = self.runner.execute(batch)
         if self.logits_observer is not None:
             self.logits_observer([s.request_id for s in samplers for _ in range(1 + len(s.draft_token_ids))], logits)
-        results = self._sample(logits, samplers, batch.num_tokens, time.perf_counter() - started)
+        if self.speculator is not None and all(
+            n == 1 + len(s.draft_token_ids) for s, n in zip(batch.seqs, batch.num_new_tokens, strict=True)
+        ):
+            # Decoding and verifying steps only: a prefill's cost per token is another line altogether.
+            self.speculator.observe_step(batch.num_tokens, time.perf_counter() - started)
+        results = self._sample(logits, samplers)
         return self._update(batch, samplers, results)
 
-    def _sample(self, logits: torch.Tensor, samplers: list[Sequence], rows: int, seconds: float) -> list[SampleResult]:
+    def _sample(self, logits: torch.Tensor, samplers: list[Sequence]) -> list[SampleResult]:
         """Per sampling sequence: the tokens it emits this step (one, or with drafts the accepted ones and one
         of the target's) and their logprobs."""
         self._counters["seq_forwards"] += len(samplers)
         if self.speculator is not None:
-            self.speculator.observe_step(rows, seconds)
             if any(s.draft_token_ids for s in samplers):
                 return self.speculator.verify(logits, samplers, self.sampler)
         result = self.sampler(logits, [s.params for s in samplers], [s.generator for s in samplers])

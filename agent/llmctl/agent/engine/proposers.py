@@ -19,6 +19,9 @@ class Proposal:
     tokens: list[int]
     probs: torch.Tensor | None = None
     """[len(tokens), vocab] float32: the distribution each token was drawn from; None: a point mass."""
+    key: int = 0
+    """What the proposer knows of its own confidence, acceptance being tracked per key (prompt lookup: the
+    length of the matched n-gram)."""
 
 
 @dataclass
@@ -39,13 +42,13 @@ class NgramIndex:
                 self.last[tuple(tokens[p - n : p])] = p
         self.upto = max(self.upto, len(tokens))
 
-    def lookup(self, tokens: list[int], k: int) -> list[int]:
-        """What followed the most recent earlier occurrence of the longest matching suffix."""
+    def lookup(self, tokens: list[int], k: int) -> tuple[list[int], int]:
+        """What followed the most recent earlier occurrence of the longest matching suffix, and its length."""
         for n in range(min(self.n_max, len(tokens) - 1), self.n_min - 1, -1):
             start = self.last.get(tuple(tokens[-n:]))
             if start is not None:
-                return tokens[start : start + k]
-        return []
+                return tokens[start : start + k], n
+        return [], 0
 
 
 class NgramProposer:
@@ -65,5 +68,6 @@ class NgramProposer:
                 index = seq.ngram_index = NgramIndex(self.n_min, self.n_max)
             tokens = seq.token_ids
             index.extend(tokens)
-            out.append(Proposal(index.lookup(tokens, k) if k > 0 else []))
+            found, n = index.lookup(tokens, k) if k > 0 else ([], 0)
+            out.append(Proposal(found, key=n))
         return out

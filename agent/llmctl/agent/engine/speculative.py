@@ -2,23 +2,30 @@
 hands back.
 
 Drafting pays only where the tokens it adds outweigh what the extra query rows cost, and both vary: a proposer
-that is right half the time is worth 2-3 drafts at batch 1 on a CPU, where a step costs about the same for 1 or 5
-rows, and nothing at batch 64, where every row costs its share of compute. So each step decides, from numbers
-the engine measures as it runs:
+that is right a third of the time is worth 4 drafts at batch 1 on a CPU, where a step costs about the same for
+1 or 5 rows (it streams the weights), and next to nothing at batch 16, where each row adds a token's compute.
+So each step decides, from numbers the engine measures:
 
-- the step's cost: seconds = a + b x (query rows), fitted to the steps so far (least squares that forgets old
-  steps, so a change of load moves it), with a prior on b that lets the first drafts happen;
-- each sequence's acceptance rate alpha: the chance that its next draft is accepted, from the drafts it has
-  had verified (a prior for a new sequence). Its j-th draft then adds alpha ** j tokens in expectation.
+- the step's cost by query rows: a curve measured at start-up (StepCost), scaled online by how the decode and
+  verify steps since compare with it;
+- acceptance: the chance that a step's first draft is accepted, and that a draft after an accepted one is.
+  Tracked per sequence and shared per proposer key (prompt lookup: the matched n-gram's length, since a 4-token
+  match is right far more often than a 1-token one); a sequence's own rates weigh more as it has more of them,
+  and shared rates seen little are taken optimistically, so an untried key is tried. The j-th draft of a
+  sequence then adds first x next ** (j - 1) tokens in expectation;
+- for a draft model, one draft forward per drafted position (all the sequences that draft that deep share it).
 
-Drafts are taken best first (highest alpha ** j over all sequences) while each one raises expected tokens per
-second, i.e. while its expected tokens exceed b x (tokens per second so far). A sequence whose drafts keep
-failing falls to 0 drafts: plain decoding, at plain decoding's cost (one query row). Its alpha drifts back toward
-the prior while it does not draft, so a sequence whose text turns repetitive later is tried again.
+Drafts are taken best first while each one raises expected tokens per second. A sequence whose drafts keep
+failing falls to 0 drafts: plain decoding, at plain decoding's cost. While it does not draft its own evidence
+fades, so it is tried again when the shared rates say a draft like its next one tends to be right.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,14 +34,21 @@ from llmctl.agent.engine import rejection
 from llmctl.agent.engine.sampler import Sampler, SampleResult, filtered_probs
 from llmctl.agent.engine.sequence import Sequence
 
-PRIOR_ALPHA = 0.5
-ALPHA_MEMORY = 0.9
-"""Each verified draft position moves alpha 10% toward what happened (1 accepted, 0 rejected)."""
-ALPHA_RECOVERY = 0.02
-"""Per step without drafts, alpha moves 2% of the way back to the prior."""
-COST_MEMORY = 0.98
-PRIOR_ROW_SHARE = 0.05
-"""Before the fit has seen steps of different sizes: an extra query row costs 5% of an average step."""
+PRIOR_FIRST = 0.5
+"""Before any evidence: the chance that a sequence's first drafted token is accepted."""
+PRIOR_NEXT = 0.7
+"""... and that a drafted token after an accepted one is (drafts that start right tend to stay right)."""
+SEQ_MEMORY = 0.9
+"""A sequence's rates move 10% toward each verified position's outcome (1 accepted, 0 rejected)."""
+SHARED_MEMORY = 0.98
+SHRINK_TRIALS = 4.0
+"""A sequence's own rates weigh m / (m + 4) against the shared ones after m verified positions."""
+FORGET = 0.98
+"""Per step a sequence does not draft, its own evidence counts 2% less: it drifts back to the shared rates."""
+SCALE_MEMORY = 0.95
+EXPLORE = 0.5
+"""Optimism for rates seen little: + 0.5 / sqrt(1 + trials), so that a key no draft has tried yet is tried."""
+CURVE_ROWS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384)
 
 
 @dataclass
@@ -52,69 +66,113 @@ class SpecCounters:
         return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 1.0
 
 
-@dataclass
 class StepCost:
-    """seconds = a + b x rows, exponentially weighted least squares over the steps seen."""
+    """Seconds of a target step by its query rows: a curve measured once at start-up (flat while the step streams
+    the weights, then rising by a token's compute per row), scaled by how the steps since compare with it (the
+    box may be slower or busier now)."""
 
-    w: float = 0.0
-    sx: float = 0.0
-    sy: float = 0.0
-    sxx: float = 0.0
-    sxy: float = 0.0
+    def __init__(self, points: list[tuple[int, float]]):
+        self.rows = [r for r, _ in points]
+        self.seconds = [t for _, t in points]
+        self.scale = 1.0
+
+    @classmethod
+    def measure(cls, forward: Callable[[int], object], max_rows: int) -> StepCost:
+        """forward(rows) runs one target forward of that many query rows; the best of 2 at each point."""
+        points = []
+        for rows in [r for r in CURVE_ROWS if r <= max_rows] or [1]:
+            best = float("inf")
+            for _ in range(2):
+                started = time.perf_counter()
+                forward(rows)
+                best = min(best, time.perf_counter() - started)
+            points.append((rows, best))
+        # Noise must not make a row look free or negative: the curve only rises.
+        for i in range(1, len(points)):
+            points[i] = (points[i][0], max(points[i][1], points[i - 1][1]))
+        return cls(points)
+
+    def __call__(self, rows: float) -> float:
+        r, t = self.rows, self.seconds
+        if len(r) == 1:
+            return self.scale * t[0] * max(rows, r[0]) / r[0]
+        i = min(max(bisect.bisect_left(r, rows), 1), len(r) - 1)
+        slope = (t[i] - t[i - 1]) / (r[i] - r[i - 1])
+        return self.scale * max(t[i - 1] + slope * (rows - r[i - 1]), t[0])
 
     def observe(self, rows: int, seconds: float) -> None:
-        m = COST_MEMORY
-        self.w, self.sx, self.sy = m * self.w + 1, m * self.sx + rows, m * self.sy + seconds
-        self.sxx, self.sxy = m * self.sxx + rows * rows, m * self.sxy + rows * seconds
+        unscaled = self(rows) / self.scale
+        self.scale = SCALE_MEMORY * self.scale + (1 - SCALE_MEMORY) * seconds / unscaled
 
-    def fit(self) -> tuple[float, float] | None:
-        """(a, b), or None before any step. The spread of rows seen, as a weight, against a prior slope."""
-        if self.w == 0:
-            return None
-        mx, my = self.sx / self.w, self.sy / self.w
-        var = self.sxx - self.w * mx * mx  # weighted spread of the row counts
-        cov = self.sxy - self.w * mx * my
-        prior_b = PRIOR_ROW_SHARE * my
-        prior_weight = 4.0  # as much as 4 steps one row apart
-        b = max((cov + prior_weight * prior_b) / (var + prior_weight), 0.0)
-        a = max(my - b * mx, 1e-6)
-        return a, b
+
+@dataclass
+class Acceptance:
+    """How often drafts are accepted: the first of a step's drafts, and one after an accepted one."""
+
+    first: float = PRIOR_FIRST
+    next: float = PRIOR_NEXT
+    first_trials: float = 0.0
+    next_trials: float = 0.0
+
+    def record(self, drafted: int, accepted: int, memory: float) -> None:
+        """A verified draft of `drafted` tokens whose first `accepted` were accepted. Positions after the first
+        rejection were never looked at, so they are no evidence."""
+        self.first = memory * self.first + (1 - memory) * (1.0 if accepted else 0.0)
+        self.first_trials += 1
+        for j in range(1, min(accepted + 1, drafted)):
+            self.next = memory * self.next + (1 - memory) * (1.0 if j < accepted else 0.0)
+            self.next_trials += 1
 
 
 @dataclass
 class SpecState:
-    """A sequence's speculation history."""
+    """A sequence's speculation history: its own acceptance, and the proposer's key of its current draft."""
 
-    alpha: float = PRIOR_ALPHA
+    own: Acceptance = field(default_factory=Acceptance)
+    key: int = 0
+
+
+def blend(own: float, trials: float, shared: float) -> float:
+    w = trials / (trials + SHRINK_TRIALS)
+    return w * own + (1 - w) * shared
+
+
+def expected_tokens(own: Acceptance, shared: Acceptance, cap: int) -> list[float]:
+    """Expected accepted tokens of drafts 1..cap: first x next ** (j - 1), each rate shrunk toward the shared
+    one, which is taken optimistically while it rests on few trials."""
+    first = blend(own.first, own.first_trials, min(1.0, shared.first + EXPLORE / math.sqrt(1 + shared.first_trials)))
+    nxt = blend(own.next, own.next_trials, min(1.0, shared.next + EXPLORE / math.sqrt(1 + shared.next_trials)))
+    return [first * nxt ** (j - 1) for j in range(1, cap + 1)]
 
 
 def choose_drafts(
-    alphas: list[float], caps: list[int], base_rows: int, cost: tuple[float, float], per_position: float = 0.0
+    expected: list[list[float]], base_rows: int, cost: Callable[[float], float], per_position: float = 0.0
 ) -> list[int]:
-    """Drafts per sequence that maximise expected tokens per second: greedy over alpha ** j, best first.
+    """Drafts per sequence that maximise expected tokens per second, best first.
 
-    alphas and caps per candidate sequence; base_rows: the step's query rows without drafts; cost (a, b) of the
-    target step; per_position: seconds of one draft-model forward, paid once per drafted position (depth), for
-    all the sequences that draft that deep together (0 for prompt lookup).
+    expected[i][j - 1]: what sequence i's j-th draft adds in expectation (non-increasing in j); base_rows: the
+    step's query rows without drafts; cost(rows): seconds of a target step; per_position: seconds of one
+    draft-model forward, paid once per drafted position (depth) for all the sequences that draft that deep
+    together (0 for prompt lookup).
     """
-    a, b = cost
-    picks = [0] * len(alphas)
-    tokens = float(len(alphas))
-    seconds = a + b * base_rows
+    picks = [0] * len(expected)
+    tokens = float(len(expected))
+    rows = base_rows
+    seconds = cost(rows)
     depth = 0
-    gains = sorted(
-        ((alpha ** j, j, i) for i, (alpha, cap) in enumerate(zip(alphas, caps, strict=True))
-         for j in range(1, cap + 1)),
-        key=lambda g: (-g[0], g[1]),
-    )
+    gains = sorted(((g, j, i) for i, row in enumerate(expected) for j, g in enumerate(row, start=1)),
+                   key=lambda g: (-g[0], g[1]))
     for gain, j, i in gains:
-        extra = b + (per_position if j > depth else 0.0)
+        if j != picks[i] + 1:
+            continue  # a sequence's drafts are a prefix: its earlier one was not worth it
+        extra = cost(rows + 1) - cost(rows) + (per_position if j > depth else 0.0)
         # Take it if (tokens + gain) / (seconds + extra) > tokens / seconds.
         if gain * seconds <= extra * tokens:
             continue  # a deeper position may be too dear where a shallow one of another sequence is not
-        picks[i] += 1
+        picks[i] = j
         tokens += gain
         seconds += extra
+        rows += 1
         depth = max(depth, j)
     return picks
 
@@ -122,13 +180,15 @@ def choose_drafts(
 class SpeculativeDecoder:
     """Plans each step's drafts, fills them, verifies them, and counts."""
 
-    def __init__(self, method: str, max_tokens: int, proposer):
+    def __init__(self, method: str, max_tokens: int, proposer, cost: StepCost):
         self.method = method
         self.proposer = proposer
         self.max_tokens = max_tokens
-        self.cost = StepCost()
+        self.cost = cost
         self.counters = SpecCounters(accepted_per_pos=[0] * max_tokens)
         self.draft_probs: dict[int, torch.Tensor] = {}
+        self.shared: dict[int, Acceptance] = {}
+        """Acceptance over all sequences, per proposer key (prompt lookup: the matched n-gram's length)."""
         self.adaptive = True
         """False: every sequence drafts all it can (tests that must exercise verification)."""
 
@@ -152,9 +212,6 @@ class SpeculativeDecoder:
                 caps.append(cap)
         if not decoding:
             return
-        fit = self.cost.fit()
-        if fit is None and self.adaptive:
-            return  # the first step measures plain decoding
         states = [self._state(s) for s in decoding]
         if self.proposer.needs_budget_first:
             proposals = None
@@ -165,15 +222,26 @@ class SpeculativeDecoder:
             # Only what the proposer found can be drafted: a sequence without a match costs nothing.
             found = [len(p.tokens) for p in proposals]
             per_position = 0.0
-        picks = (choose_drafts([s.alpha for s in states], found, base_rows, fit, per_position)
-                 if self.adaptive else found)
-        for i, (seq, state, k, n) in enumerate(zip(decoding, states, picks, found, strict=True)):
+        for i, state in enumerate(states):
+            state.key = proposals[i].key if proposals else 0
+        if self.adaptive:
+            expected = [expected_tokens(st.own, self._shared(st.key), n) for st, n in zip(states, found, strict=True)]
+            picks = choose_drafts(expected, base_rows, self.cost, per_position)
+        else:
+            picks = found
+        for i, (seq, state, k) in enumerate(zip(decoding, states, picks, strict=True)):
             if k:
                 seq.draft_token_ids = proposals[i].tokens[:k] if proposals else [0] * k
                 if proposals and proposals[i].probs is not None:
                     self.draft_probs[id(seq)] = proposals[i].probs[:k]
-            elif n:
-                state.alpha += ALPHA_RECOVERY * (PRIOR_ALPHA - state.alpha)
+            else:
+                state.own.first_trials *= FORGET
+                state.own.next_trials *= FORGET
+
+    def _shared(self, key: int) -> Acceptance:
+        if key not in self.shared:
+            self.shared[key] = Acceptance()
+        return self.shared[key]
 
     def fill(self, scheduled: list[Sequence], generator: torch.Generator) -> None:
         """Draft-model tokens for the scheduled sequences that kept a draft (the scheduler may have cut it)."""
@@ -241,6 +309,5 @@ class SpeculativeDecoder:
         for j in range(accepted):
             c.accepted_per_pos[j] += 1
         state = self._state(seq)
-        # Positions up to the first rejection were each a trial; those after it were never looked at.
-        for j in range(min(accepted + 1, drafted)):
-            state.alpha = ALPHA_MEMORY * state.alpha + (1 - ALPHA_MEMORY) * (1.0 if j < accepted else 0.0)
+        state.own.record(drafted, accepted, SEQ_MEMORY)
+        self._shared(state.key).record(drafted, accepted, SHARED_MEMORY)
