@@ -46,8 +46,11 @@ SHRINK_TRIALS = 4.0
 FORGET = 0.98
 """Per step a sequence does not draft, its own evidence counts 2% less: it drifts back to the shared rates."""
 SCALE_MEMORY = 0.95
-EXPLORE = 0.5
-"""Optimism for rates seen little: + 0.5 / sqrt(1 + trials), so that a key no draft has tried yet is tried."""
+EXPLORE = 0.3
+"""Optimism for rates seen little: + 0.3 / sqrt(1 + trials), so that a key no draft has tried yet is tried."""
+MARGIN = 1.25
+"""A draft must promise 25% more than it costs: the cost curve misses part of a real step (attention over long
+contexts), and a draft that only breaks even is a risk for nothing."""
 CURVE_ROWS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384)
 
 
@@ -165,7 +168,7 @@ def choose_drafts(
     for gain, j, i in gains:
         if j != picks[i] + 1:
             continue  # a sequence's drafts are a prefix: its earlier one was not worth it
-        extra = cost(rows + 1) - cost(rows) + (per_position if j > depth else 0.0)
+        extra = MARGIN * (cost(rows + 1) - cost(rows) + (per_position if j > depth else 0.0))
         # Take it if (tokens + gain) / (seconds + extra) > tokens / seconds.
         if gain * seconds <= extra * tokens:
             continue  # a deeper position may be too dear where a shallow one of another sequence is not
