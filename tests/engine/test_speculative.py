@@ -80,8 +80,8 @@ def line(a: float, b: float):
 
 
 def test_drafts_where_an_extra_row_is_cheap_and_not_where_it_is_dear():
-    # Batch 1 on a CPU: a step of 1 row costs 10 ms, each extra row 0.2 ms: a 70% proposer is worth several drafts.
-    assert choose_drafts([geometric(0.7, 0.7, 8)], 1, line(0.01, 0.0002)) == [8]
+    # Batch 1 on a CPU: a step of 1 row costs 10 ms, each extra row 0.2 ms: an 80% proposer is worth 8 drafts.
+    assert choose_drafts([geometric(0.8, 0.8, 8)], 1, line(0.01, 0.0002)) == [8]
     # Each row as dear as the step itself (compute-bound): drafting loses unless nearly always right.
     assert choose_drafts([geometric(0.7, 0.7, 8)], 1, line(0.0, 0.01)) == [0]
     # Two sequences: the good proposer drafts, the bad one decodes plainly.
