@@ -163,9 +163,14 @@ def test_weight_quantization_gives_the_freed_bytes_to_a_short_kv_pool():
     assert applied("awq", config(quantization="int8"), context(bottleneck="decode")).quantization == "awq"
 
 
+def test_speculative_decoding_proposes_prompt_lookup_once():
+    assert technique("speculative-decoding").propose(config(), context()).change == {"speculative_method": "ngram"}
+    assert technique("speculative-decoding").propose(config(speculative_method="ngram"), context()).why_not == (
+        "the engine already speculates (ngram)")
+    assert applied("speculative-decoding", config(), context()).speculative_method == "ngram"
+
+
 def test_techniques_the_engine_lacks_never_apply():
-    assert technique("speculative-decoding").propose(config(), context()).why_not == (
-        "the engine has no speculative decoding yet")
     assert technique("distilled-student").propose(config(), context()).why_not == (
         "no distilled student is registered for this model")
 

@@ -92,6 +92,9 @@ class BenchOptions:
     """Weight formats (int8, awq, rtn4) run as extra engine targets llmctl-<format> beside the float one."""
     compare_speculative: bool = False
     """Also run the (speculating) engine config without speculation, as llmctl-no-spec."""
+    baseline_first: bool = False
+    """Run the --compare-* row (llmctl-no-prefix-cache, llmctl-no-spec) before the configured one: a process's
+    first engine run may differ from its second (a few percent on a CPU), so a comparison is run both ways."""
     run_engine: bool = True
     json_path: str | None = None
     workload_kind: str = "mixed"
@@ -142,6 +145,7 @@ class BenchOptions:
         seed: int, baselines: str, hf_batch_size: int, url: str | None, compare_prefix_caching: bool,
         run_engine: bool, json_path: str | None, workload: dict[str, Any] | None = None,
         compare_quantization: str = "", compare_speculative: bool = False, workload_kind: str = "mixed",
+        baseline_first: bool = False,
     ) -> BenchOptions:
         """Parse the CLI's strings. With --url the in-process engine stays off: --model then only names the
         tokenizer (and the baselines' weights), so no local engine competes with the server. `workload` (a
@@ -171,6 +175,7 @@ class BenchOptions:
             compare_prefix_caching=compare_prefix_caching, run_engine=run_engine and url is None,
             compare_quantization=tuple(q.strip() for q in compare_quantization.split(",") if q.strip()),
             compare_speculative=compare_speculative, json_path=json_path, workload_kind=workload_kind,
+            baseline_first=baseline_first,
         )
 
 
@@ -614,6 +619,8 @@ def run_bench(options: BenchOptions, config=None, console=None) -> BenchReport:
                 ]
             if options.compare_speculative:
                 variants.append(("llmctl-no-spec", config.replace(speculative_method="none", speculative_model=None)))
+            if options.baseline_first:
+                variants.reverse()
             variants += [(f"llmctl-{q}", config.replace(quantization=q)) for q in options.compare_quantization]
             for name, cfg in variants:
                 runs.append(asyncio.run(run_engine_target(name, cfg, workload, warmup, advancer(name))))

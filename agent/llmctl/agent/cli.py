@@ -251,6 +251,8 @@ def bench(
         help="Also run the engine with these weight formats (int8,awq,rtn4), as llmctl-<format> rows")] = "",
     compare_speculative: Annotated[bool, typer.Option(
         "--compare-speculative", help="Also run the engine without speculation, as the llmctl-no-spec row")] = False,
+    baseline_first: Annotated[bool, typer.Option(
+        "--baseline-first", help="Run the --compare-* row first (order effects: run a comparison both ways)")] = False,
     no_engine: Annotated[bool, typer.Option("--no-engine", help="Run only the baselines")] = False,
     json_path: Annotated[str | None, typer.Option("--json", help="Write results as JSON")] = None,
     dtype: Dtype = "auto",
@@ -286,6 +288,7 @@ def bench(
             baselines=baselines, hf_batch_size=hf_batch_size, url=url,
             compare_prefix_caching=compare_prefix_caching, run_engine=not no_engine,
             compare_quantization=compare_quantization, compare_speculative=compare_speculative,
+            baseline_first=baseline_first,
             json_path=json_path, workload=spec, workload_kind=kind,
         )
         config = None

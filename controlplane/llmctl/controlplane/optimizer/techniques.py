@@ -218,6 +218,15 @@ def _weight_quant(method: str) -> Callable[[dict, Context], Proposal]:
     return propose
 
 
+def _speculative(config: dict, context: Context) -> Proposal:
+    """Prompt lookup: no second model to load or keep in memory, and the output distribution stays the target's,
+    so it changes no numerics. The engine drafts only where it pays; the measurement decides whether it does."""
+    current = config.get("speculative_method", "none")
+    if current != "none":
+        return Proposal(None, f"the engine already speculates ({current})")
+    return _change(config, speculative_method="ngram")
+
+
 def _never(why: str) -> Callable[[dict, Context], Proposal]:
     return lambda config, context: Proposal(None, why)
 
@@ -251,8 +260,8 @@ TECHNIQUES: tuple[Technique, ...] = (
                "quantize the linear weights to 4-bit AWQ (about a quarter of the bytes of 16-bit)",
                _weight_quant("awq")),
     _technique("speculative-decoding", 10, ("decode",), False,
-               "draft tokens with a small model and verify them in one step",
-               _never("the engine has no speculative decoding yet")),
+               "draft tokens by prompt lookup and verify them in one step (output distribution unchanged)",
+               _speculative),
     _technique("distilled-student", 11, ("decode", "weights-memory"), True,
                "serve a smaller model distilled from this one",
                _never("no distilled student is registered for this model")),
