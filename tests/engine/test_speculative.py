@@ -248,13 +248,15 @@ CASES = {
     "ngram": ("ngram", None),
     "draft-bad": ("draft", "bad"),
     "draft-good": ("draft", "self"),
+    "self-int4": ("self-int4", None),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_greedy_speculative_output_equals_plain_decoding_with_chunking_caching_and_preemption(
-    tiny_llama, bad_draft, case
+    tiny_llama, bad_draft, case, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("LLMCTL_HOME", str(tmp_path))  # where self-int4 keeps its AWQ copy
     method, which = CASES[case]
     draft = {"bad": bad_draft, "self": str(tiny_llama), None: None}[which]
     prompts = repetitive_prompts()
@@ -267,7 +269,7 @@ def test_greedy_speculative_output_equals_plain_decoding_with_chunking_caching_a
     s = engine.stats()
     assert s.num_preemptions > 0
     assert s.spec_num_draft_tokens > 100
-    assert 0 < s.spec_num_accepted_tokens < s.spec_num_draft_tokens or which == "self"
+    assert 0 < s.spec_num_accepted_tokens < s.spec_num_draft_tokens or case in ("draft-good", "self-int4")
     if which == "self":
         assert s.spec_num_accepted_tokens == s.spec_num_draft_tokens  # a draft identical to the target
     assert s.num_seq_forwards < s.num_generation_tokens or which == "bad"
@@ -275,6 +277,23 @@ def test_greedy_speculative_output_equals_plain_decoding_with_chunking_caching_a
     # Again, now from the prefix cache: drafted tokens never entered it, so nothing changes.
     assert [o.output.token_ids for o in engine.generate(prompts, params)] == reference
     assert engine.stats().prefix_cache_hits > s.prefix_cache_hits
+
+
+def test_the_self_int4_draft_is_quantized_once_and_reused(tiny_llama, tmp_path, monkeypatch):
+    from llmctl.agent.engine.quantization import checkpoint
+
+    monkeypatch.setenv("LLMCTL_HOME", str(tmp_path))
+    spec_engine(tiny_llama, "self-int4")
+    (copy,) = (tmp_path / "drafts").iterdir()
+    assert (copy / "config.json").is_file() and "quantization_config" in (copy / "config.json").read_text()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the AWQ copy was made again")
+
+    monkeypatch.setattr(checkpoint, "quantize_to_folder", never)
+    engine = spec_engine(tiny_llama, "self-int4")
+    assert engine.generate([[5, 6, 7, 5, 6]], greedy(4))[0].output.token_ids
+    assert list((tmp_path / "drafts").iterdir()) == [copy]
 
 
 def test_a_draft_with_another_tokenizer_is_refused(tiny_llama, smollm2_path):
@@ -326,3 +345,23 @@ def test_sampled_tokens_follow_the_targets_distribution(tiny_llama, bad_draft, s
     if case != "plain":
         s = engine.stats()
         assert s.spec_num_draft_tokens > SAMPLES  # the second token went through verification
+
+
+@pytest.mark.parametrize("case", ["ngram", "draft-bad", "draft-good"])
+def test_a_seeded_request_gives_the_tokens_of_plain_decoding_whatever_its_batch_and_drafts(
+    tiny_llama, bad_draft, case
+):
+    method, which = CASES[case]
+    prompt = repetitive_prompts()[3]
+    seeded = SamplingParams(temperature=1.0, top_p=TOP_P, max_tokens=12, seed=7, ignore_eos=True)
+    plain = LLMEngine(EngineConfig(model=str(tiny_llama), dtype="float32", num_threads=1))
+    reference = plain.generate([prompt], seeded)[0].output.token_ids
+    engine = spec_engine(tiny_llama, method, {"bad": bad_draft, "self": str(tiny_llama), None: None}[which])
+    assert engine.generate([prompt], seeded)[0].output.token_ids == reference
+    others = SamplingParams(temperature=0.8, max_tokens=12, ignore_eos=True)
+    batch = engine.generate(repetitive_prompts(1)[:5] + [prompt], [others] * 5 + [seeded])
+    assert batch[-1].output.token_ids == reference
+    s = engine.stats()
+    assert s.spec_num_draft_tokens > 0
+    if which == "self":
+        assert s.spec_num_accepted_tokens >= 0.99 * s.spec_num_draft_tokens  # a draft that is the target

@@ -19,7 +19,7 @@ from llmctl.agent.engine.batch import ModelInput
 from llmctl.agent.engine.model_runner import prefill_metadata
 from llmctl.agent.engine.models.llama import LlamaModel
 from llmctl.agent.engine.proposers import Proposal
-from llmctl.agent.engine.sampler import filtered_probs
+from llmctl.agent.engine.sampler import filtered_probs, race, seeded_generator
 from llmctl.agent.engine.sequence import Sequence
 
 SECONDS_MEMORY = 0.9
@@ -84,7 +84,7 @@ class DraftModelProposer:
         for seq in seqs:
             seq.draft_computed = seq.num_tokens
         for depth in range(max(ks)):
-            rows = self._sample(logits, [seqs[i] for i in active], generator)
+            rows = self._sample(logits, [seqs[i] for i in active], generator, depth)
             for i, (token, q) in zip(active, rows, strict=True):
                 tokens[i].append(token)
                 if q is not None:
@@ -103,8 +103,9 @@ class DraftModelProposer:
         return [Proposal(t, torch.stack(p) if p else None) for t, p in zip(tokens, probs, strict=True)]
 
     @staticmethod
-    def _sample(logits: torch.Tensor, seqs: list[Sequence], generator: torch.Generator):
-        """Per row: (draft token, the distribution it was drawn from or None for a greedy request's argmax)."""
+    def _sample(logits: torch.Tensor, seqs: list[Sequence], generator: torch.Generator, depth: int):
+        """Per row: (draft token, the distribution it was drawn from or None for a greedy request's argmax). A
+        seeded request's draft uses the noise its target token at that position will use (rejection.py)."""
         out = []
         sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
         q = filtered_probs(logits[sampled], [seqs[i].params for i in sampled]) if sampled else None
@@ -114,6 +115,7 @@ class DraftModelProposer:
                 out.append((int(logits[i].argmax()), None))
                 continue
             row = q[at[i]]
-            noise = torch.empty_like(row).exponential_(generator=seq.generator or generator)
-            out.append((int((row / noise).argmax()), row))
+            seed = seq.params.seed
+            noise_from = generator if seed is None else seeded_generator(seed, seq.num_tokens + depth)
+            out.append((race(row, noise_from), row))
         return out

@@ -17,7 +17,7 @@ from llmctl.agent.engine.detokenizer import IncrementalDetokenizer
 from llmctl.agent.engine.errors import InvalidRequest
 from llmctl.agent.engine.kv_cache import BlockManager
 from llmctl.agent.engine.model_runner import ModelRunner
-from llmctl.agent.engine.sampler import Sampler, SampleResult
+from llmctl.agent.engine.sampler import Sampler, SampleResult, seeded_generator
 from llmctl.agent.engine.sampling import SamplingParams
 from llmctl.agent.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from llmctl.agent.engine.sequence import CompletionOutput, RequestOutput, Sequence, TokenLogprob
@@ -382,8 +382,6 @@ class LLMEngine:
             raise InvalidRequest(f"request id {request_id!r} is already in use")
         ids = self.validate(prompt, params)
         seq = Sequence(request_id, ids, params, eos_token_ids=self.info.eos_token_ids)
-        if params.seed is not None:
-            seq.generator = torch.Generator().manual_seed(params.seed)
         seq.detokenizer = IncrementalDetokenizer(self.tokenizer, ids)
         self.requests[request_id] = seq
         self.scheduler.add(seq)
@@ -438,7 +436,8 @@ class LLMEngine:
         if self.speculator is not None:
             if any(s.draft_token_ids for s in samplers):
                 return self.speculator.verify(logits, samplers, self.sampler)
-        result = self.sampler(logits, [s.params for s in samplers], [s.generator for s in samplers])
+        generators = [None if s.params.seed is None else seeded_generator(s.params.seed, s.num_tokens) for s in samplers]
+        result = self.sampler(logits, [s.params for s in samplers], generators)
         return [SampleResult([t], [lp]) for t, lp in zip(result.token_ids, result.logprobs, strict=True)]
 
     def _track_kv(self, batch: ScheduledBatch) -> None:

@@ -8,17 +8,19 @@ p is row j after temperature, top-k, top-p and min-p (the same filters plain sam
 distribution the draft was drawn from (a point mass for a deterministic proposer). Draft d is accepted with
 probability min(1, p(d) / q(d)); on rejection the token is drawn from normalise(max(p - q, 0)) and the rest is
 dropped. Every emitted token is then an exact sample of the target's filtered distribution at its position.
+
+A seeded request is verified by coupling instead: each position's token is the one plain sampling would draw
+there, from the same noise (sampler.seeded_generator), and a draft is accepted when it equals that token. That is
+plain sampling itself, so a seeded request's tokens do not depend on how many tokens were drafted (which the
+batch decides) and equal those of the request decoded without speculation; a point-mass draft is accepted with
+probability p(d), as under rejection sampling.
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
-    """One token from probs [V] (exponential race, as the sampler draws)."""
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    return int((probs / noise).argmax())
+from llmctl.agent.engine.sampler import race, seeded_generator
 
 
 def verify_greedy(logits: torch.Tensor, drafts: list[int]) -> list[int]:
@@ -47,5 +49,17 @@ def verify_sampled(
             residual = (probs[j] - draft_probs[j]).clamp_min_(0.0)
         if float(residual.sum()) <= 0.0:  # p == q (up to rounding): the draft cannot have been rejected
             residual = probs[j]
-        return drafts[:j] + [draw(residual, generator)]
-    return drafts + [draw(probs[len(drafts)], generator)]
+        return drafts[:j] + [race(residual, generator)]
+    return drafts + [race(probs[len(drafts)], generator)]
+
+
+def verify_coupled(probs: torch.Tensor, drafts: list[int], seed: int, first_position: int) -> list[int]:
+    """probs [k + 1, V]; row j's token is at index first_position + j of the sequence. The target's own tokens
+    up to the first that differs from its draft (or all k + 1)."""
+    out = []
+    for j in range(len(drafts) + 1):
+        token = race(probs[j], seeded_generator(seed, first_position + j))
+        out.append(token)
+        if j == len(drafts) or drafts[j] != token:
+            return out
+    return out

@@ -62,6 +62,18 @@ def filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.
     return filtered.softmax(-1)
 
 
+def seeded_generator(seed: int, position: int) -> torch.Generator:
+    """The generator of a seeded request's token at `position` (its index in prompt + output): the token's noise
+    depends on nothing else, so the same seed gives the same tokens in any batch, with or without drafts."""
+    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + position) % (1 << 63))
+
+
+def race(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """One token from probs [V]: argmax(p / E), E ~ Exp(1) per token (the exponential race)."""
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return int((probs / noise).argmax())
+
+
 class Sampler:
     def __init__(self, seed: int = 0):
         self.generator = torch.Generator().manual_seed(seed)
@@ -81,9 +93,7 @@ class Sampler:
                 if greedy[r]:
                     tokens[r] = logits[r].argmax()
                 else:
-                    # Exponential race: argmax(p / E) with E ~ Exp(1) samples from p.
-                    noise = torch.empty_like(probs[r]).exponential_(generator=generators[r] or self.generator)
-                    tokens[r] = (probs[r] / noise).argmax()
+                    tokens[r] = race(probs[r], generators[r] or self.generator)
         token_list = tokens.tolist()
         logprobs: list = [None] * rows
         for r in range(rows):

@@ -77,8 +77,7 @@ class Sequence:
     first_token_time: float | None = None
     finish_time: float | None = None
     num_preemptions: int = 0
-    # Set by the engine: per-request sampling state and detokenizer.
-    generator: object | None = None
+    # Set by the engine: the detokenizer.
     detokenizer: object | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""

@@ -293,10 +293,10 @@ class SpeculativeDecoder:
             drafts = seq.draft_token_ids
             if seq.params.greedy:
                 tokens = rejection.verify_greedy(rows_i, drafts)
+            elif seq.params.seed is not None:
+                tokens = rejection.verify_coupled(probs[i], drafts, seq.params.seed, seq.num_tokens)
             else:
-                tokens = rejection.verify_sampled(
-                    probs[i], drafts, self.draft_probs.get(id(seq)), seq.generator or sampler.generator
-                )
+                tokens = rejection.verify_sampled(probs[i], drafts, self.draft_probs.get(id(seq)), sampler.generator)
             self._count(seq, len(tokens) - 1)
             results.append(SampleResult(tokens, sampler.logprobs_at(rows_i, tokens, seq.params.logprobs)))
         return results
