@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from llmctl.agent.engine.sequence import RequestOutput, TokenLogprob
 
 
+MAX_TOP_LOGPROBS = 20
+"""OpenAI's limit on chat's top_logprobs, and SamplingParams' on logprobs."""
+
+
 # ---- request bodies. strict: a wrong JSON type is a 400, never silently coerced ("5" is not 5).
 class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -23,6 +27,9 @@ class StreamOptions(_Body):
 
 
 class SamplingRequest(_Body):
+    # extra="allow": the fields not declared here land in model_extra, where openai_fields.py refuses the ones
+    # that would change the answer and logs the unknown ones.
+    model_config = ConfigDict(strict=True, extra="allow")
     # Optional throughout: many clients send an explicit null for "use the default".
     model: str | None = None
     max_tokens: int | None = None
@@ -34,6 +41,8 @@ class SamplingRequest(_Body):
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    """vLLM's: keep the stop string that ended the text at its end."""
     n: int | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None

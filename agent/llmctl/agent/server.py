@@ -3,7 +3,8 @@
 Routes: /v1/models, /v1/completions, /v1/chat/completions (both with SSE streaming), /tokenize, /health,
 /metrics.
 Response shapes follow OpenAI's so the official clients parse them. Bad input gets a 400/404 with an
-OpenAI-style error body before any token is produced; a client that goes away aborts its request.
+OpenAI-style error body before any token is produced; a client that goes away aborts its request. A field
+the server does not implement is refused unless it means "off", never silently dropped (openai_fields.py).
 
 Prompt scoring, as OpenAI's legacy API and vLLM do it: /v1/completions with echo=true puts the prompt
 before the completion, and with logprobs=N its logprobs block covers the prompt tokens first (the first
@@ -31,8 +32,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmctl.agent.engine.errors import EngineError, InvalidRequest
 from llmctl.agent.engine.sampling import SamplingParams
 from llmctl.agent.metrics import ServerMetrics
+from llmctl.agent.openai_fields import UnknownFields, check_fields
 from llmctl.agent.openai_protocol import (
     FIELD_NAMES,
+    MAX_TOP_LOGPROBS,
     ApiError,
     ChatCompletionRequest,
     ChatMessage,
@@ -121,6 +124,13 @@ class _Api:
         self.info = engine.engine.info
         self.metrics = ServerMetrics(engine.stats, model)
         self.created = int(time.time())
+        self.unknown_fields = UnknownFields()
+
+    def check_request(self, body: SamplingRequest, route: str) -> None:
+        """The model is this server's, and no field asks for what the server does not implement."""
+        self.check_model(body.model)
+        self.unknown_fields.note(body, route)
+        check_fields(body)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model:
@@ -149,6 +159,7 @@ class _Api:
             max_tokens=max_tokens if generates else 1, seed=body.seed, stop=stop,
             stop_token_ids=list(body.stop_token_ids or []),
             ignore_eos=bool(body.ignore_eos), logprobs=logprobs,
+            include_stop_str_in_output=bool(body.include_stop_str_in_output),
             **{k: v for k in ("temperature", "top_p", "top_k", "min_p") if (v := getattr(body, k)) is not None},
         )
         if used + max_tokens > limit:
@@ -337,7 +348,7 @@ def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        api.check_model(body.model)
+        api.check_request(body, "/v1/completions")
         if body.max_tokens == 0 and not body.echo:
             raise ApiError(400, "max_tokens must be at least 1; 0 is allowed only with echo=true, which "
                            "returns the prompt (with logprobs=N, its token logprobs) and generates nothing.",
@@ -353,17 +364,23 @@ def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        api.check_model(body.model)
+        api.check_request(body, "/v1/chat/completions")
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "top_logprobs requires logprobs to be true.", "top_logprobs")
+        if body.top_logprobs is not None and not 0 <= body.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ApiError(400, f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {body.top_logprobs}.",
+                           "top_logprobs")
+        if body.max_completion_tokens is not None and body.max_completion_tokens < 1:
+            raise ApiError(400, f"max_completion_tokens must be at least 1, got {body.max_completion_tokens}.",
+                           "max_completion_tokens")
         if body.echo:
             raise ApiError(400, "Chat completions do not take echo; to score a prompt, send it to "
                            "/v1/completions with echo=true, logprobs=N and max_tokens=0.", "echo")
         messages = [chat_message(m) for m in body.messages]
         prompt_ids = async_engine.engine.chat_prompt_ids(messages)
         top = body.top_logprobs or 0
-        job = api.job("chat", body, prompt_ids, body.max_completion_tokens or body.max_tokens,
-                      top if body.logprobs else None, top)
+        limit = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
+        job = api.job("chat", body, prompt_ids, limit, top if body.logprobs else None, top)
         return await (api.stream if body.stream else api.complete)(request, job)
 
     @app.post("/tokenize")

@@ -122,6 +122,20 @@ def test_a_replicas_4xx_reaches_the_client_unchanged_and_is_not_retried(gateway,
     assert gateway_metric(gateway, "llmctl_gateway_requests_total", deployment="tiny", code="400") == 1
 
 
+def test_a_refused_request_field_reaches_the_client_unchanged(gateway, make_tenant, replicas):
+    headers = {"Authorization": f"Bearer {make_tenant('acme')}"}
+    # The stream's body is rewritten on the way (it always asks for usage); the refusal must survive that too.
+    for path, body, param in [
+        ("/v1/completions", {"model": "tiny", "prompt": "Hello", "best_of": 3}, "best_of"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": CHAT, "stream": True, "logit_bias": {"50": 100}},
+         "logit_bias"),
+    ]:
+        direct = httpx.post(replicas.live[0] + path, json=body, timeout=60)
+        r = httpx.post(gateway.url + path, json=body, headers=headers, timeout=60)
+        assert (r.status_code, r.json()) == (400, direct.json())
+        assert r.json()["error"]["param"] == param
+
+
 def test_a_shared_system_prompt_sticks_to_one_replica_when_load_is_even(gateway, make_tenant, replicas):
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=make_tenant("acme"), max_retries=0)
     before = [finished_on(url) for url in replicas.live]

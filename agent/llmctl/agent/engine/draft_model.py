@@ -10,12 +10,18 @@ model, and later steps catch up on what the target accepted since.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import time
+from pathlib import Path
 
 import torch
 
 from llmctl.agent.engine import kv_pool
 from llmctl.agent.engine.batch import ModelInput
+from llmctl.agent.engine.config import EngineConfig
+from llmctl.agent.engine.errors import InvalidRequest
 from llmctl.agent.engine.model_runner import prefill_metadata
 from llmctl.agent.engine.models.llama import LlamaModel
 from llmctl.agent.engine.proposers import Proposal
@@ -119,3 +125,55 @@ class DraftModelProposer:
             noise_from = generator if seed is None else seeded_generator(seed, seq.num_tokens + depth)
             out.append((race(row, noise_from), row))
         return out
+
+
+def load_draft(config: EngineConfig, tokenizer, hf_config, dtype: torch.dtype):
+    """The finalized draft model of speculative_method draft (speculative_model) or self-int4 (the target's own
+    checkpoint as 4-bit AWQ, quantized once and kept in $LLMCTL_HOME/drafts). Its tokenizer must be the target's,
+    token for token."""
+    from llmctl.agent.engine import loader
+    from llmctl.agent.engine.engine import load_quantized
+    from llmctl.agent.engine.models.llama import finalize
+
+    if config.speculative_method == "draft":
+        name, folder = config.speculative_model, loader.resolve_model(config.speculative_model)
+    else:
+        name, folder = f"{config.model} (4-bit AWQ)", self_int4_copy(loader.resolve_model(config.model))
+    draft_hf = loader.load_model_config(folder)
+    draft_tokenizer = loader.load_tokenizer(folder)
+    if draft_tokenizer.get_vocab() != tokenizer.get_vocab() or draft_hf.vocab_size != hf_config.vocab_size:
+        raise InvalidRequest(
+            f"draft model {name} has another tokenizer than the target {config.model} "
+            f"({draft_hf.vocab_size} vs {hf_config.vocab_size} logits, {len(draft_tokenizer)} vs {len(tokenizer)} "
+            "tokens): a draft must share the target's vocabulary token for token"
+        )
+    draft_config = EngineConfig(model=str(folder), dtype=config.dtype, device=config.device)
+    draft, _ = load_quantized(draft_config, folder, draft_hf, draft_tokenizer, dtype)
+    finalize(draft)
+    return draft
+
+
+def self_int4_copy(folder) -> Path:
+    """The AWQ copy of a float checkpoint folder, made on first use (AWQ calibrates for a minute or more on a
+    CPU) under $LLMCTL_HOME/drafts, keyed by the folder and its weights' size and time; an already quantized
+    checkpoint is its own copy."""
+    from llmctl.agent.engine import loader
+    from llmctl.agent.engine.paths import llmctl_home
+    from llmctl.agent.engine.quantization import checkpoint_spec
+    from llmctl.agent.engine.quantization.checkpoint import quantize_to_folder
+
+    folder = Path(folder).resolve()
+    if checkpoint_spec(loader.load_model_config(folder)) is not None:
+        return folder
+    stamp = [str(folder)] + [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}"
+                             for w in sorted(folder.glob("*.safetensors"))]
+    out = llmctl_home() / "drafts" / f"{folder.name}-awq-{hashlib.sha256(repr(stamp).encode()).hexdigest()[:12]}"
+    if not (out / "config.json").is_file():
+        partial = out.with_name(out.name + f".partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        quantize_to_folder(str(folder), "awq", partial)
+        try:
+            partial.replace(out)  # whole or absent: a crash leaves only a .partial folder
+        except OSError:  # another replica made it meanwhile
+            shutil.rmtree(partial, ignore_errors=True)
+    return out

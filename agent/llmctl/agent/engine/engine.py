@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -140,81 +138,6 @@ def load_quantized(config: EngineConfig, folder, hf_config, tokenizer, dtype: to
 DRAFT_METHODS = ("draft", "self-int4")
 
 
-def load_draft(config: EngineConfig, tokenizer, hf_config, dtype: torch.dtype):
-    """The finalized draft model of speculative_method draft (speculative_model) or self-int4 (the target's own
-    checkpoint as 4-bit AWQ, quantized once and kept in $LLMCTL_HOME/drafts). Its tokenizer must be the target's,
-    token for token."""
-    from llmctl.agent.engine import loader
-    from llmctl.agent.engine.models.llama import finalize
-
-    if config.speculative_method == "draft":
-        name, folder = config.speculative_model, loader.resolve_model(config.speculative_model)
-    else:
-        name, folder = f"{config.model} (4-bit AWQ)", self_int4_copy(loader.resolve_model(config.model))
-    draft_hf = loader.load_model_config(folder)
-    draft_tokenizer = loader.load_tokenizer(folder)
-    if draft_tokenizer.get_vocab() != tokenizer.get_vocab() or draft_hf.vocab_size != hf_config.vocab_size:
-        raise InvalidRequest(
-            f"draft model {name} has another tokenizer than the target {config.model} "
-            f"({draft_hf.vocab_size} vs {hf_config.vocab_size} logits, {len(draft_tokenizer)} vs {len(tokenizer)} "
-            "tokens): a draft must share the target's vocabulary token for token"
-        )
-    draft_config = EngineConfig(model=str(folder), dtype=config.dtype, device=config.device)
-    draft, _ = load_quantized(draft_config, folder, draft_hf, draft_tokenizer, dtype)
-    finalize(draft)
-    return draft
-
-
-def self_int4_copy(folder) -> Path:
-    """The AWQ copy of a float checkpoint folder, made on first use (AWQ calibrates for a minute or more on a
-    CPU) under $LLMCTL_HOME/drafts, keyed by the folder and its weights' size and time; an already quantized
-    checkpoint is its own copy."""
-    import hashlib
-
-    from llmctl.agent.engine import loader
-    from llmctl.agent.engine.paths import llmctl_home
-    from llmctl.agent.engine.quantization import checkpoint_spec
-    from llmctl.agent.engine.quantization.checkpoint import quantize_to_folder
-
-    folder = Path(folder).resolve()
-    if checkpoint_spec(loader.load_model_config(folder)) is not None:
-        return folder
-    stamp = [str(folder)] + [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}"
-                             for w in sorted(folder.glob("*.safetensors"))]
-    out = llmctl_home() / "drafts" / f"{folder.name}-awq-{hashlib.sha256(repr(stamp).encode()).hexdigest()[:12]}"
-    if not (out / "config.json").is_file():
-        partial = out.with_name(out.name + f".partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        quantize_to_folder(str(folder), "awq", partial)
-        try:
-            partial.replace(out)  # whole or absent: a crash leaves only a .partial folder
-        except OSError:  # another replica made it meanwhile
-            shutil.rmtree(partial, ignore_errors=True)
-    return out
-
-
-def make_speculator(config: EngineConfig, draft, runner: ModelRunner, dtype: torch.dtype):
-    from llmctl.agent.engine.speculative import SpeculativeDecoder, StepCost
-
-    if draft is not None:
-        from llmctl.agent.engine.draft_model import DraftModelProposer
-
-        num_blocks = runner.kv_caches[0].k.shape[0]
-        proposer = DraftModelProposer(draft, num_blocks, config.block_size, dtype, config.device)
-    else:
-        from llmctl.agent.engine.proposers import NgramProposer
-
-        proposer = NgramProposer(config.ngram_min, config.ngram_max)
-
-    def forward(rows: int) -> None:
-        # Chunks of at most 16 tokens, as a step's verified drafts come: rows of linears and logits, short attention.
-        runner.score([[(i * 7 + 11) % 1000 for i in range(n)] for n in [16] * (rows // 16) + [rows % 16] if n])
-
-    max_rows = min(config.max_num_batched_tokens, config.max_num_seqs * (1 + config.num_speculative_tokens))
-    return SpeculativeDecoder(config.speculative_method, config.num_speculative_tokens, proposer,
-                              StepCost.measure(forward, max_rows))
-
-
 class LLMEngine:
     def __init__(self, config: EngineConfig):
         from llmctl.agent.engine import loader
@@ -238,7 +161,11 @@ class LLMEngine:
             )
             fp8_scales = kv.calibrate_fp8_scales(model, windows, block_size=config.block_size, device=config.device)
         finalize(model)
-        draft = load_draft(config, self.tokenizer, hf_config, dtype) if config.speculative_method in DRAFT_METHODS else None
+        draft = None
+        if config.speculative_method in DRAFT_METHODS:
+            from llmctl.agent.engine.draft_model import load_draft
+
+            draft = load_draft(config, self.tokenizer, hf_config, dtype)
 
         model_max = getattr(hf_config, "max_position_embeddings", None) or 2048
         max_model_len = min(config.max_model_len or model_max, model_max)
@@ -293,6 +220,8 @@ class LLMEngine:
         request verifying drafted tokens has one row per draft and one more."""
         self.speculator = None
         if config.speculative:
+            from llmctl.agent.engine.speculative import make_speculator
+
             self.speculator = make_speculator(config, draft, self.runner, dtype)
 
     def score(self, token_lists: list[list[int]]) -> list[torch.Tensor]:

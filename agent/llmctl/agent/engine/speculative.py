@@ -314,3 +314,25 @@ class SpeculativeDecoder:
         state = self._state(seq)
         state.own.record(drafted, accepted, SEQ_MEMORY)
         self._shared(state.key).record(drafted, accepted, SHARED_MEMORY)
+
+
+def make_speculator(config, draft, runner, dtype: torch.dtype) -> SpeculativeDecoder:
+    """The engine's speculator: its proposer (prompt lookup, or the loaded draft model with a pool of the target's
+    blocks) and the step-cost curve measured now through the target's runner."""
+    if draft is not None:
+        from llmctl.agent.engine.draft_model import DraftModelProposer
+
+        num_blocks = runner.kv_caches[0].k.shape[0]
+        proposer = DraftModelProposer(draft, num_blocks, config.block_size, dtype, config.device)
+    else:
+        from llmctl.agent.engine.proposers import NgramProposer
+
+        proposer = NgramProposer(config.ngram_min, config.ngram_max)
+
+    def forward(rows: int) -> None:
+        # Chunks of at most 16 tokens, as a step's verified drafts come: rows of linears and logits, short attention.
+        runner.score([[(i * 7 + 11) % 1000 for i in range(n)] for n in [16] * (rows // 16) + [rows % 16] if n])
+
+    max_rows = min(config.max_num_batched_tokens, config.max_num_seqs * (1 + config.num_speculative_tokens))
+    return SpeculativeDecoder(config.speculative_method, config.num_speculative_tokens, proposer,
+                              StepCost.measure(forward, max_rows))
