@@ -29,6 +29,7 @@ from llmctl.agent.engine.sampler import filtered_probs, race, seeded_generator
 from llmctl.agent.engine.sequence import Sequence
 
 SECONDS_MEMORY = 0.9
+CATCH_UP_PROBE = 64
 
 
 class DraftModelProposer:
@@ -42,18 +43,25 @@ class DraftModelProposer:
         self.kv_caches = kv_pool.allocate(
             model.num_layers, num_blocks, block_size, model.num_kv_heads, model.head_dim, kv_dtype, device
         )
-        self.seconds_per_forward = self._time_forward()
+        self.seconds_per_forward = self._time_forward(1)
         """Seconds of one drafted position for a small batch, kept current as the engine drafts."""
+        self.seconds_per_token = self._time_forward(CATCH_UP_PROBE) / CATCH_UP_PROBE
+        """Seconds per token of catching up (a prefill in the draft model)."""
 
-    def _time_forward(self) -> float:
-        # Block 0, slot 0: whatever is written there is overwritten before any sequence reads it, since a
-        # sequence's draft K/V is always written by its own catch-up first.
+    def _time_forward(self, tokens: int) -> float:
+        # Blocks 0..: whatever is written there is overwritten before any sequence reads it, since a sequence's
+        # draft K/V is always written by its own catch-up first.
+        table = list(range(-(-tokens // self.block_size)))
         best = float("inf")
         for _ in range(3):
             started = time.perf_counter()
-            self._forward([0], [[0]], [[0]])
+            self._forward([0], [[0] * tokens], [table])
             best = min(best, time.perf_counter() - started)
         return best
+
+    def catch_up_seconds(self, seq: Sequence) -> float:
+        """What drafting for seq now costs before its first draft: the tokens its draft K/V lacks."""
+        return (seq.num_tokens - seq.draft_computed) * self.seconds_per_token
 
     def _forward(self, starts: list[int], chunks: list[list[int]], tables: list[list[int]]) -> torch.Tensor:
         """Draft forward of each chunk at positions start.., K/V into the target's block ids; float32 logits

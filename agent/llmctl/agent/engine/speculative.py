@@ -13,7 +13,8 @@ So each step decides, from numbers the engine measures:
   match is right far more often than a 1-token one); a sequence's own rates weigh more as it has more of them,
   and shared rates seen little are taken optimistically, so an untried key is tried. The j-th draft of a
   sequence then adds first x next ** (j - 1) tokens in expectation;
-- for a draft model, one draft forward per drafted position (all the sequences that draft that deep share it).
+- for a draft model, one draft forward per drafted position (all the sequences that draft that deep share it),
+  and for a sequence's first draft the catch-up of the context its draft K/V lacks (a whole prompt at first).
 
 Drafts are taken best first while each one raises expected tokens per second. A sequence whose drafts keep
 failing falls to 0 drafts: plain decoding, at plain decoding's cost. While it does not draft its own evidence
@@ -149,14 +150,16 @@ def expected_tokens(own: Acceptance, shared: Acceptance, cap: int) -> list[float
 
 
 def choose_drafts(
-    expected: list[list[float]], base_rows: int, cost: Callable[[float], float], per_position: float = 0.0
+    expected: list[list[float]], base_rows: int, cost: Callable[[float], float], per_position: float = 0.0,
+    setup: list[float] | None = None,
 ) -> list[int]:
     """Drafts per sequence that maximise expected tokens per second, best first.
 
     expected[i][j - 1]: what sequence i's j-th draft adds in expectation (non-increasing in j); base_rows: the
     step's query rows without drafts; cost(rows): seconds of a target step; per_position: seconds of one
     draft-model forward, paid once per drafted position (depth) for all the sequences that draft that deep
-    together (0 for prompt lookup).
+    together (0 for prompt lookup); setup[i]: seconds sequence i's first draft costs on top (a draft model
+    catching up on its context).
     """
     picks = [0] * len(expected)
     tokens = float(len(expected))
@@ -168,7 +171,8 @@ def choose_drafts(
     for gain, j, i in gains:
         if j != picks[i] + 1:
             continue  # a sequence's drafts are a prefix: its earlier one was not worth it
-        extra = MARGIN * (cost(rows + 1) - cost(rows) + (per_position if j > depth else 0.0))
+        extra = MARGIN * (cost(rows + 1) - cost(rows) + (per_position if j > depth else 0.0)
+                          + (setup[i] if setup and j == 1 else 0.0))
         # Take it if (tokens + gain) / (seconds + extra) > tokens / seconds.
         if gain * seconds <= extra * tokens:
             continue  # a deeper position may be too dear where a shallow one of another sequence is not
@@ -220,16 +224,17 @@ class SpeculativeDecoder:
             proposals = None
             found = caps
             per_position = self.proposer.seconds_per_forward
+            setup = [self.proposer.catch_up_seconds(seq) for seq in decoding]
         else:
             proposals = self.proposer.propose(decoding, caps)
             # Only what the proposer found can be drafted: a sequence without a match costs nothing.
             found = [len(p.tokens) for p in proposals]
-            per_position = 0.0
+            per_position, setup = 0.0, None
         for i, state in enumerate(states):
             state.key = proposals[i].key if proposals else 0
         if self.adaptive:
             expected = [expected_tokens(st.own, self._shared(st.key), n) for st, n in zip(states, found, strict=True)]
-            picks = choose_drafts(expected, base_rows, self.cost, per_position)
+            picks = choose_drafts(expected, base_rows, self.cost, per_position, setup)
         else:
             picks = found
         for i, (seq, state, k) in enumerate(zip(decoding, states, picks, strict=True)):
