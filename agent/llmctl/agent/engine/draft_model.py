@@ -19,10 +19,9 @@ from pathlib import Path
 import torch
 
 from llmctl.agent.engine import kv_pool
-from llmctl.agent.engine.batch import ModelInput
 from llmctl.agent.engine.config import EngineConfig
 from llmctl.agent.engine.errors import InvalidRequest
-from llmctl.agent.engine.model_runner import prefill_metadata
+from llmctl.agent.engine.model_runner import chunks_input
 from llmctl.agent.engine.models.llama import LlamaModel
 from llmctl.agent.engine.proposers import Proposal
 from llmctl.agent.engine.sampler import filtered_probs, race, seeded_generator
@@ -66,24 +65,7 @@ class DraftModelProposer:
     def _forward(self, starts: list[int], chunks: list[list[int]], tables: list[list[int]]) -> torch.Tensor:
         """Draft forward of each chunk at positions start.., K/V into the target's block ids; float32 logits
         [S, V] after each chunk's last token."""
-        bs, dev = self.block_size, self.device
-        lens = [len(c) for c in chunks]
-        width = max(-(-(s + n) // bs) for s, n in zip(starts, lens, strict=True))
-        padded = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in tables], dtype=torch.int32)
-        ids, positions, slots = [], [], []
-        for start, chunk, table in zip(starts, chunks, tables, strict=True):
-            ids.extend(chunk)
-            positions.extend(range(start, start + len(chunk)))
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + len(chunk)))
-        prefill = prefill_metadata(lens, starts, padded, bs, dev)
-        model_input = ModelInput(
-            input_ids=torch.tensor(ids, dtype=torch.long, device=dev),
-            positions=torch.tensor(positions, dtype=torch.long, device=dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            decode=None,
-            prefill=prefill,
-            logits_rows=prefill.cu_seqlens_q[1:].long() - 1,
-        )
+        model_input = chunks_input(chunks, starts, tables, self.block_size, self.device)
         return self.model(model_input, self.kv_caches).float().cpu()
 
     def propose(self, seqs: list[Sequence], ks: list[int], generator: torch.Generator) -> list[Proposal]:

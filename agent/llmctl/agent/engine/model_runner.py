@@ -120,6 +120,32 @@ def prefill_metadata(
     )
 
 
+def chunks_input(
+    chunks: list[list[int]], starts: list[int], tables: list[list[int]], block_size: int, device: str,
+    every_position: bool = False,
+) -> ModelInput:
+    """A step of prefill chunks only: chunk i's tokens at positions starts[i].., its K/V into the blocks of
+    tables[i]; logits at every row, or after each chunk's last token."""
+    lens = [len(c) for c in chunks]
+    width = max(-(-(s + n) // block_size) for s, n in zip(starts, lens, strict=True))
+    padded = torch.tensor([t[:width] + [0] * (width - len(t[:width])) for t in tables], dtype=torch.int32)
+    ids, positions, slots = [], [], []
+    for start, chunk, table in zip(starts, chunks, tables, strict=True):
+        ids.extend(chunk)
+        positions.extend(range(start, start + len(chunk)))
+        slots.extend(table[p // block_size] * block_size + p % block_size for p in range(start, start + len(chunk)))
+    prefill = prefill_metadata(lens, starts, padded, block_size, device)
+    return ModelInput(
+        input_ids=torch.tensor(ids, dtype=torch.long, device=device),
+        positions=torch.tensor(positions, dtype=torch.long, device=device),
+        slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+        decode=None,
+        prefill=prefill,
+        logits_rows=torch.arange(sum(lens), device=device) if every_position
+        else prefill.cu_seqlens_q[1:].long() - 1,
+    )
+
+
 def score_tokens(
     model: LlamaModel, token_lists: list[list[int]], block_size: int, like: list[kv_pool.KVLayer] | None,
     device: str, every_position: bool = True,
@@ -142,23 +168,6 @@ def score_tokens(
     if like and dtype == torch.float8_e4m3fn:
         for pool, ref in zip(pools, like, strict=True):
             pool.k_scale, pool.v_scale = ref.k_scale, ref.v_scale
-    width = max(nblocks)
-    ids, positions, slots = [], [], []
-    for tokens, table in zip(token_lists, tables, strict=True):
-        ids.extend(tokens)
-        positions.extend(range(len(tokens)))
-        slots.extend(table[p // block_size] * block_size + p % block_size for p in range(len(tokens)))
-    padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
-    prefill = prefill_metadata(lens, [0] * len(lens), padded, block_size, device)
-    total = sum(lens)
-    model_input = ModelInput(
-        input_ids=torch.tensor(ids, dtype=torch.long, device=device),
-        positions=torch.tensor(positions, dtype=torch.long, device=device),
-        slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
-        decode=None,
-        prefill=prefill,
-        logits_rows=torch.arange(total, device=device) if every_position
-        else prefill.cu_seqlens_q[1:].long() - 1,
-    )
+    model_input = chunks_input(token_lists, [0] * len(lens), tables, block_size, device, every_position)
     logits = model(model_input, pools)
     return list(logits.split(lens)) if every_position else list(logits)
