@@ -64,11 +64,6 @@ class SpecCounters:
     num_accepted_tokens: int = 0
     accepted_per_pos: list[int] = field(default_factory=list)
 
-    @property
-    def mean_accepted_length(self) -> float:
-        """Tokens a verified draft step yields: accepted drafts plus the target's own (1 without drafts)."""
-        return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 1.0
-
 
 class StepCost:
     """Seconds of a target step by its query rows: a curve measured once at start-up (flat while the step streams
@@ -187,8 +182,7 @@ def choose_drafts(
 class SpeculativeDecoder:
     """Plans each step's drafts, fills them, verifies them, and counts."""
 
-    def __init__(self, method: str, max_tokens: int, proposer, cost: StepCost):
-        self.method = method
+    def __init__(self, max_tokens: int, proposer, cost: StepCost):
         self.proposer = proposer
         self.max_tokens = max_tokens
         self.cost = cost
@@ -339,5 +333,5 @@ def make_speculator(config, draft, runner, dtype: torch.dtype) -> SpeculativeDec
         runner.score([[(i * 7 + 11) % 1000 for i in range(n)] for n in [16] * (rows // 16) + [rows % 16] if n])
 
     max_rows = min(config.max_num_batched_tokens, config.max_num_seqs * (1 + config.num_speculative_tokens))
-    return SpeculativeDecoder(config.speculative_method, config.num_speculative_tokens, proposer,
+    return SpeculativeDecoder(config.num_speculative_tokens, proposer,
                               StepCost.measure(forward, max_rows))
