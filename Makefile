@@ -10,7 +10,7 @@ LOCK := requirements.lock
 # The lock pins torch to its CPU build; a torch left unpinned would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install up test test-e2e test-latest lock lint bench peers gpu-check proto clean
+.PHONY: install up test test-e2e test-latest lock lint bench peers load-tool load-lock load gpu-check proto clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,7 +36,7 @@ test: install
 
 # The full SmolLM2 end-to-end protocols (quality sampling catching a degraded revision; an optimization run
 # trying four techniques): 8-12 minutes each on the 2-core box, so CI's `make test` leaves them out and runs
-# the short end-to-end versions.
+# the short end-to-end versions. Also the fault scenarios of tests/e2e/test_faults.py (about 100 s).
 test-e2e: install
 	$(BIN)/llmctl models pull $(MODEL)
 	$(BIN)/python -m pytest -q -ra -m protocol
@@ -86,6 +86,36 @@ $(PEER_VENV)/.installed:
 
 peers: $(PEER_VENV)/.installed
 
+# The load tool, guidellm, in a virtualenv of its own (never in $(VENV), never in $(LOCK)): benchmarks/load.sh runs it
+# as a separate process against the gateway, like any client. It would drag torch 2.14, transformers, datasets,
+# pandas and sanic into llmctl's environment (and a CUDA torch unless held at the CPU build), and a client
+# benchmark must not share, or constrain, the packages of the server it measures. Its exact versions are in
+# $(LOAD_LOCK) (make load-lock refreshes them); CI installs only $(LOCK), so nothing in `make test` needs it.
+LOAD_VENV := .venv-load
+GUIDELLM := guidellm==0.8.1
+LOAD_LOCK := benchmarks/load-requirements.lock
+$(LOAD_VENV)/.installed: $(LOAD_LOCK)
+	$(PY) -m venv $(LOAD_VENV)
+	$(LOAD_VENV)/bin/python -m pip install -q -r $(LOAD_LOCK)
+	$(LOAD_VENV)/bin/guidellm --version
+	touch $@
+
+load-tool: $(LOAD_VENV)/.installed
+
+load-lock:
+	rm -rf .venv-load-lock
+	$(PY) -m venv .venv-load-lock
+	.venv-load-lock/bin/python -m pip install -q $(GUIDELLM) $(TORCH)
+	{ echo "# The exact versions of the load tool's own virtualenv ($(LOAD_VENV); make load-tool installs them, make load-lock"; \
+	  echo "# refreshes them). Never part of $(LOCK): guidellm runs as a separate process. Python $$(.venv-load-lock/bin/python -c 'import platform; print(platform.python_version())'), $$(uname -m)."; \
+	  .venv-load-lock/bin/python -m pip freeze --all; } > $(LOAD_LOCK)
+	rm -rf .venv-load-lock
+
+# Rising concurrency (1-256 streams) through the gateway, then a 10-minute soak with every process's RSS sampled;
+# benchmarks/load.sh --help for the flags (LOAD_FLAGS=...). Results in benchmarks/results/load.json.
+load: install load-tool
+	bash benchmarks/load.sh $(LOAD_FLAGS)
+
 # On a GPU box with torch + triton installed (no venv needed): kernel tests compiled, kernel and engine
 # benchmarks; results under $$OUT (default ./gpu_out). See benchmarks/gpu_check.sh.
 gpu-check:
@@ -96,4 +126,4 @@ proto: install
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/gen_proto.sh
 
 clean:
-	rm -rf $(VENV) $(PEER_VENV) .venv-latest .venv-lock build *.egg-info
+	rm -rf $(VENV) $(PEER_VENV) $(LOAD_VENV) .venv-latest .venv-lock build *.egg-info

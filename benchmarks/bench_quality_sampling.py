@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import queue
+import secrets
 import sys
 import tempfile
 import time
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-quality-sampling-"))
     url = f"sqlite:///{tmp / 'llmctl.db'}"
     upgrade_database(url)
-    db = session_factory(make_engine(url))
+    db = session_factory(make_engine(url), api_key_secret=secrets.token_hex(16))  # a scratch database
     with session_scope(db) as session:
         deployments.deploy(session, name="tiny", model="tiny", engine_config={})
         _, key = tenants.create_tenant(session, name="bench")

@@ -37,6 +37,8 @@ def run_once(args, method: str, workload: str, batch: int, baseline_first: bool)
             cmd += ["--speculative-model", args.draft_model]
         if baseline_first:
             cmd.append("--baseline-first")
+        if args.isolate:
+            cmd.append("--isolate-runs")
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return json.loads(Path(out.name).read_text())
 
@@ -72,6 +74,8 @@ def main() -> None:
     ap.add_argument("--input-len", default="100:300")
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-isolate", dest="isolate", action="store_false",
+                    help="run both rows of a cell in one bench process (the second engine of a process runs slower)")
     args = ap.parse_args()
     args.draft_model = args.draft_model or args.model
     rows = []

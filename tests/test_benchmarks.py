@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from llmctl.kernels import cpu
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -80,3 +84,17 @@ def test_bench_cpu_elementwise_times_the_cpu_kernels_against_the_reference(tmp_p
     assert data["rows"] == 64 and data["dtype"] == "bfloat16"
     assert [op["op"] for op in data["ops"]] == ["rms_norm+residual", "rotary (q and k)", "silu_and_mul"]
     assert all(op["us"] > 0 and op["reference_us"] > 0 and op["gb_per_s"] > 0 for op in data["ops"])
+
+
+@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's blocked bf16 linear needs AVX512-BF16")
+def test_bench_dense_layout_times_both_bf16_layouts_and_writes_json(tmp_path):
+    out = tmp_path / "dense.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_dense_layout.py"), "--m", "1,5", "--layers", "1",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert [row["m"] for row in data["rows"]] == [1, 5] and data["layers"] == 1
+    assert all(row["onednn_ms"] > 0 and row["blocked_ms"] > 0 and row["ratio"] > 0 for row in data["rows"])

@@ -25,6 +25,7 @@ from llmctl.agent.bench import (
     resolve_dtype,
     run_bench,
 )
+from llmctl.agent.bench_child import run_isolated
 from tests.factories import make_tiny_llama, make_tokenizer
 
 RUN_KEYS = {"name", "output_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms", "itl_ms",
@@ -386,3 +387,30 @@ def test_cli_bench_passes_the_speculative_flags_and_the_workload_kind(tiny_model
     bad = CliRunner().invoke(app, ["bench", "--model", str(tiny_model), "--ngram-min", "5", "--ngram-max", "2",
                                    "--speculative-method", "ngram"])
     assert bad.exit_code == 2 and "need 1 <= ngram_min <= ngram_max" in bad.output
+
+
+def test_isolated_runs_measure_each_engine_row_in_a_process_of_its_own(tiny_model, tmp_path, monkeypatch):
+    from llmctl.agent.engine import async_engine
+    from llmctl.agent.engine.config import EngineConfig
+
+    def no_engine_here(config):
+        raise AssertionError("an isolated run built an engine in the bench process")
+
+    monkeypatch.setattr(async_engine.AsyncEngine, "from_config", staticmethod(no_engine_here))
+    out = tmp_path / "iso.json"
+    opts = options(requests=3, input_len="8:24", output_len="3:9", json_path=str(out), compare_speculative=True,
+                   isolate_runs=True)
+    config = EngineConfig(model=str(tiny_model), dtype="float32", speculative_method="ngram")
+    report = run_bench(opts, config, console=quiet())
+    data = json.loads(out.read_text())
+    assert data["workload"]["isolated_runs"] is True
+    assert [run["name"] for run in data["runs"]] == ["llmctl", "llmctl-no-spec"]
+    drawn = [r.output_len for r in report.workload]
+    for run in data["runs"]:
+        assert run["output_tokens_per_request"] == drawn and run["output_tokens_per_s"] > 0
+        assert run["ttft_ms"]["p50"] > 0 and run["num_kv_blocks"] > 0
+    assert data["runs"][1]["forwards_per_token"] == 1.0 and "spec_num_drafts" in data["runs"][0]
+
+    broken = EngineConfig(model=str(tmp_path / "gone"), dtype="float32")
+    with pytest.raises(RuntimeError, match="isolated engine run llmctl failed"):
+        run_isolated("llmctl", broken, report.workload, [], lambda: None)

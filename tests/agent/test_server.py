@@ -368,7 +368,7 @@ def test_llmctl_serve_runs_until_interrupted(model_path: Path):
     llmctl = Path(sys.executable).with_name("llmctl")
     proc = subprocess.Popen(
         [str(llmctl), "serve", str(model_path), "--port", str(port), "--dtype", "float32",
-         "--max-model-len", "256", "--served-model-name", "mini"],
+         "--max-model-len", "256", "--served-model-name", "mini", "--max-body-bytes", "4096", "--read-timeout-s", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -383,6 +383,12 @@ def test_llmctl_serve_runs_until_interrupted(model_path: Path):
         r = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
                        json={"model": "mini", "prompt": "Hello", "max_tokens": 3}, timeout=30)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+        # The hostile-input limits reach the real process (their behaviour: test_server_hostile_input.py).
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": "mini", "prompt": "x" * 5000})
+        assert r.status_code == 413 and "4096 bytes" in r.json()["error"]["message"]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408 ")
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)
     finally:

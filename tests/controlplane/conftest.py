@@ -100,11 +100,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, _templates: dict[str,
         drop_postgres_database(name)
 
 
+TEST_API_KEY_SECRET = "test-api-key-secret"
+
+
 @pytest.fixture
 def db_factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    """A sessionmaker on the test's upgraded database; use it with session_scope()."""
+    """A sessionmaker on the test's upgraded database (API keys hashed with TEST_API_KEY_SECRET)."""
     engine = make_engine(db_url)
     try:
-        yield session_factory(engine)
+        yield session_factory(engine, api_key_secret=TEST_API_KEY_SECRET)
     finally:
         engine.dispose()

@@ -195,6 +195,7 @@ def test_tenant_key_is_printed_once_and_works_against_the_gateway(control_plane:
             "tpm": 1000,
             "monthly_tokens": 500000,
             "quality_opt_out": False,
+            "cache_sampled": False,
             "created_at": pytest.approx(time.time(), abs=60),
         }
     ]

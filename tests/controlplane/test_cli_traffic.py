@@ -9,35 +9,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from llmctl.controlplane.cli import app
 from llmctl.controlplane.db.models import utcnow
 from llmctl.controlplane.db.session import make_engine, session_factory, session_scope
-from llmctl.controlplane.server import ControlPlane, ServerConfig
+from llmctl.controlplane.server import ControlPlane
 from llmctl.controlplane.services import traffic
-
-ADMIN_TOKEN = "traffic-test-admin-token"
+from tests.controlplane.cli_plane import llmctl, running_control_plane
 
 
 @pytest.fixture
 def control_plane(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ControlPlane]:
-    monkeypatch.setenv("LLMCTL_HOME", str(tmp_path / "operator"))
-    for name in ("LLMCTL_ADMIN_TOKEN", "LLMCTL_CONTROL_PLANE"):
-        monkeypatch.delenv(name, raising=False)
-    cp = ControlPlane(ServerConfig(database_url=f"sqlite:///{tmp_path / 'llmctl.db'}", grpc_port=0, gateway_port=0,
-                                   admin_token=ADMIN_TOKEN, join_token="traffic-test-join-token", home=tmp_path / "cp",
-                                   reconcile_interval_s=0.2))
-    cp.start()
-    try:
+    with running_control_plane(tmp_path, monkeypatch) as cp:
         yield cp
-    finally:
-        cp.stop(grace_s=1)
 
-
-def llmctl(cp: ControlPlane, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [*args, "--control-plane", cp.grpc_address, "--admin-token", ADMIN_TOKEN])
-    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 def record(cp: ControlPlane, count: int, name: str = "chat") -> None:

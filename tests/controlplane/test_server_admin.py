@@ -56,7 +56,8 @@ def test_watch_events_streams_a_deploy_within_a_second_and_resumes_after_an_id(t
 
 
 def test_revisions_tenants_and_usage_are_listed(tmp_path: Path):
-    with running_control_plane(tmp_path) as plane, Admin(plane.grpc_address, plane.admin_token) as admin:
+    with running_control_plane(tmp_path, response_cache_mb=1) as plane, \
+            Admin(plane.grpc_address, plane.admin_token) as admin:
         first = admin.deploy("chat", model="m", replicas=0)
         assert first.created_revision and first.revision == 1
         again = admin.deploy("chat", model="m", replicas=0)
@@ -71,13 +72,18 @@ def test_revisions_tenants_and_usage_are_listed(tmp_path: Path):
         created = admin.CreateTenant(pb.CreateTenantRequest(name="acme", rpm=60, monthly_tokens=1000))
         assert created.api_key.startswith("llmctl-") and created.tenant.rpm == 60
         tenants = admin.ListTenants(pb.ListTenantsRequest()).tenants
-        assert [(t.name, t.monthly_tokens) for t in tenants] == [("acme", 1000)]
+        assert [(t.name, t.monthly_tokens, t.cache_sampled) for t in tenants] == [("acme", 1000, False)]
+        updated = admin.UpdateTenant(pb.UpdateTenantRequest(name="acme", cache_sampled=True))
+        assert (updated.cache_sampled, updated.quality_opt_out) == (True, False)
+        assert [t.cache_sampled for t in admin.ListTenants(pb.ListTenantsRequest()).tenants] == [True]
         assert list(admin.GetUsage(pb.GetUsageRequest(tenant="acme")).rows) == []
         # The key works at the gateway: the deployment is known but has no ready replica yet.
         reply = httpx.post(f"{plane.gateway_url}/v1/completions", timeout=10,
                            headers={"authorization": f"Bearer {created.api_key}"},
                            json={"model": "chat", "prompt": "hi", "max_tokens": 1})
         assert reply.status_code == 503
+        # --response-cache-mb gave the gateway its exact cache.
+        assert "# TYPE llmctl_gateway_cache_entries gauge" in httpx.get(f"{plane.gateway_url}/metrics").text
 
 
 def test_serving_survives_a_control_plane_restart_on_each_database(db_url: str, tmp_path: Path):

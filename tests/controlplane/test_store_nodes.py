@@ -56,6 +56,24 @@ def test_bad_registrations_are_refused(db_factory: sessionmaker[Session]) -> Non
             heartbeat(session, name="ghost")
 
 
+def test_a_node_heard_from_lately_is_not_stale_though_its_heartbeats_were_never_written(
+        db_factory: sessionmaker[Session]) -> None:
+    # The database was away: heartbeats arrived but their writes failed; the control plane still heard them.
+    with session_scope(db_factory) as session:
+        register(session, "gpu-a")
+        register(session, "gpu-b")
+        heartbeat(session, name="gpu-a", at=T0)
+        heartbeat(session, name="gpu-b", at=T0)
+    with session_scope(db_factory) as session:
+        heard = {"gpu-a": T0 + timedelta(seconds=28), "gpu-b": T0 + timedelta(seconds=15)}
+        stale = mark_stale_nodes(session, timeout_s=10, now=T0 + timedelta(seconds=30), heard=heard)
+        assert [n.name for n in stale] == ["gpu-b"]  # heard, but longer ago than the timeout
+    with session_scope(db_factory) as session:
+        node = get_node(session, "gpu-a")
+        assert node.state == "healthy" and node.last_heartbeat_at == T0 + timedelta(seconds=28)
+        assert get_node(session, "gpu-b").state == "unhealthy"
+
+
 def test_silent_nodes_go_unhealthy_and_recover_on_heartbeat(db_factory: sessionmaker[Session]) -> None:
     with session_scope(db_factory) as session:
         register(session, "gpu-a")

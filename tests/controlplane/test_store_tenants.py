@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -10,7 +11,7 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmctl.controlplane.db.models import ApiKey
-from llmctl.controlplane.db.session import session_scope
+from llmctl.controlplane.db.session import make_engine, session_factory, session_scope, upgrade_database
 from llmctl.controlplane.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from llmctl.controlplane.services.events import list_events
 from llmctl.controlplane.services.tenants import (
@@ -24,6 +25,7 @@ from llmctl.controlplane.services.tenants import (
     tokens_used_in_month,
     usage_summary,
 )
+from tests.controlplane.conftest import TEST_API_KEY_SECRET
 
 
 def every_stored_value(session: Session) -> str:
@@ -43,11 +45,59 @@ def test_key_is_shown_once_and_stored_only_as_its_hash(db_factory: sessionmaker[
         dump = every_stored_value(session)
         assert key not in dump and key[12:] not in dump
         row = session.scalars(select(ApiKey)).one()
-        assert row.prefix == key[:12] and row.key_hash == hashlib.sha256(key.encode()).hexdigest()
+        assert row.prefix == key[:12] and row.scheme == "hmac-sha256"
+        assert row.key_hash == hmac.new(TEST_API_KEY_SECRET.encode(), key.encode(), hashlib.sha256).hexdigest()
         assert authenticate(session, key).name == "acme"
         stored = get_tenant(session, "acme")
         assert (stored.rpm, stored.tpm, stored.monthly_tokens) == (60, 10_000, 1_000_000)
         assert [e.kind for e in list_events(session)] == ["tenant.created", "api_key.created"]
+
+
+BEFORE_HMAC = "a41c7e9b2d10"
+"""The last schema revision whose API keys were plain sha256."""
+
+
+def test_a_sha256_key_from_before_hmac_keeps_working_and_is_rehashed_on_first_use(blank_db_url: str) -> None:
+    upgrade_database(blank_db_url, BEFORE_HMAC)
+    key = "llmctl-" + "legacy0123456789abcdefghijklmnopqrstuvwxyzAB"
+    engine = make_engine(blank_db_url)
+    try:
+        with engine.begin() as connection:  # the row exactly as the older control plane wrote it
+            connection.execute(text("INSERT INTO tenants (id, name, rpm, tpm, monthly_tokens, quality_opt_out, "
+                                    "created_at) VALUES (1, 'old', 0, 0, 0, false, CURRENT_TIMESTAMP)"))
+            connection.execute(text("INSERT INTO api_keys (tenant_id, prefix, key_hash, created_at) "
+                                    "VALUES (1, :prefix, :hash, CURRENT_TIMESTAMP)"),
+                               {"prefix": key[:12], "hash": hashlib.sha256(key.encode()).hexdigest()})
+        upgrade_database(blank_db_url)
+        db = session_factory(engine, api_key_secret=TEST_API_KEY_SECRET)
+        with session_scope(db) as session:
+            assert session.scalars(select(ApiKey.scheme)).one() == "sha256"
+            with pytest.raises(Unauthenticated):  # same prefix, wrong rest: refused before any rehash
+                authenticate(session, key[:12] + "x" * 30)
+            assert session.scalars(select(ApiKey.scheme)).one() == "sha256"
+        with session_scope(db) as session:
+            assert authenticate(session, key).name == "old"
+        with session_scope(db) as session:
+            row = session.scalars(select(ApiKey)).one()
+            assert row.scheme == "hmac-sha256"
+            assert row.key_hash == hmac.new(TEST_API_KEY_SECRET.encode(), key.encode(), hashlib.sha256).hexdigest()
+            assert authenticate(session, key).name == "old"  # and keeps working as HMAC
+    finally:
+        engine.dispose()
+
+
+def test_keys_only_authenticate_with_the_secret_they_were_hashed_with(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        with session_scope(session_factory(engine, api_key_secret="the-real-secret")) as session:
+            _, key = create_tenant(session, name="acme")
+        with (session_scope(session_factory(engine, api_key_secret="another-secret")) as session,
+              pytest.raises(Unauthenticated)):
+            authenticate(session, key)
+        with session_scope(session_factory(engine, api_key_secret="the-real-secret")) as session:
+            assert authenticate(session, key).name == "acme"
+    finally:
+        engine.dispose()
 
 
 def test_wrong_missing_and_revoked_keys_are_unauthenticated(db_factory: sessionmaker[Session]) -> None:

@@ -2,7 +2,8 @@
 for its workload (it preempts). The control plane is restarted in the middle of each run and carries on.
 
 - In `make test`: the larger pool is kept beyond noise, fp8 KV is rejected for quality with its numbers before
-  any speed measurement, and the result rolls out as revision 2 with no trial replica left (about 4 minutes).
+  any speed measurement, and the result rolls out as revision 2 with no trial replica left (about 4 minutes,
+  3 repeats as by default).
 - The full protocol (`make test-e2e`, about 9 minutes): four techniques: the larger pool kept, int8 KV (within
   2% on quality) rejected for no gain, int8 weights and 4-bit AWQ rejected for quality. The run recorded in
   docs/optimizer.md is benchmarks/bench_optimize.py (the bottleneck picks the techniques, 3 repeats)."""
@@ -29,7 +30,7 @@ def optimize_with_a_restart(tmp_path: Path, processes: Processes, model: Path,
     assert fleet.deploy() == 1
     serving_before = [r["id"] for r in fleet.serving()]
     started = time.monotonic()
-    run_id = fleet.optimize("--techniques", techniques, "--repeats", "2")
+    run_id = fleet.optimize("--techniques", techniques, "--repeats", "3")
     # A restart of the control plane once the baseline is measured: the run goes on from SQL.
     wait_until("the baseline is measured", lambda: (fleet.report(run_id) or {}).get("bottleneck"), 600, 2.0)
     stop(fleet.server)
@@ -56,6 +57,12 @@ def optimize_with_a_restart(tmp_path: Path, processes: Processes, model: Path,
     return fleet, run_id, report, lines
 
 
+# On 2026-12-07 one clean-clone run of two saw kv-cache-size rejected for quality, accuracy 0.600 vs 0.617 (one
+# item of the eval set flipped by a larger KV pool's other batch shapes) against a 2% bar; the judge now asks an
+# accuracy drop to be beyond that noise too (judge.quality_drops: McNemar on the items' verdicts).
+# Then CI saw the pool kept at +57% but rejected for noise: with 2 repeats the interval has 1 degree of freedom
+# (t = 12.7), so two pairs that disagree (a loaded box) put the lower bound below zero. The run uses the
+# product's default of 3 repeats (t = 4.3): +199% (95% interval +178% .. +222%) here, 47 s more.
 def test_optimize_keeps_a_larger_kv_pool_rejects_fp8_kv_for_quality_and_rolls_out_the_result(
     tmp_path: Path, smollm2_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:

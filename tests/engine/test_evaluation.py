@@ -54,6 +54,8 @@ def test_the_reference_against_itself_has_zero_kl_and_full_agreement(tiny_llama,
     assert c.perplexity == pytest.approx(r.perplexity, rel=1e-6) and c.accuracy == r.accuracy
     assert r.kl_divergence == 0 and r.top1_agreement == 1
     assert c.num_tokens > 100 and c.num_items == 6
+    assert c.item_correct == r.item_correct and len(c.item_correct) == 6  # per item, for the judge's pairing
+    assert sum(c.item_correct) / 6 == pytest.approx(c.accuracy)
     assert KEYS <= set(c.to_dict())
 
 

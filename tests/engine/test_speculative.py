@@ -25,6 +25,7 @@ from llmctl.agent.engine.speculative import (
     Acceptance,
     StepCost,
     choose_drafts,
+    draft_can_pay,
     expected_tokens,
 )
 from tests.factories import make_tiny_llama
@@ -213,6 +214,15 @@ def test_the_goodness_of_fit_test_catches_a_wrong_rule():
 
 
 # -- in the engine ----------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def keep_every_draft(monkeypatch):
+    """The tiny drafts here cost what the target does; the engine would drop them (draft_can_pay), and these
+    tests must verify their drafts. test_a_draft_that_cannot_pay_is_dropped checks the dropping."""
+    from llmctl.agent.engine import speculative
+
+    monkeypatch.setattr(speculative, "KEEP_EVERY_DRAFT", True)
+
+
 @pytest.fixture(scope="module")
 def bad_draft(tmp_path_factory) -> str:
     """Another random Llama with the same tokenizer: its drafts are nearly always rejected."""
@@ -294,6 +304,33 @@ def test_the_self_int4_draft_is_quantized_once_and_reused(tiny_llama, tmp_path, 
     engine = spec_engine(tiny_llama, "self-int4")
     assert engine.generate([[5, 6, 7, 5, 6]], greedy(4))[0].output.token_ids
     assert list((tmp_path / "drafts").iterdir()) == [copy]
+
+
+def test_a_draft_model_pays_only_if_its_forward_is_well_below_the_targets_step():
+    cost = StepCost([(1, 0.010), (8, 0.012)])
+    assert draft_can_pay(0.007, cost)  # a 4-bit copy at 70% of the target: worth trying where drafts are right
+    assert not draft_can_pay(0.008, cost)  # 1.25 x 8 ms: a fully accepted draft would only break even
+    assert not draft_can_pay(0.010, cost)  # the target drafting for itself
+
+
+def test_a_draft_that_cannot_pay_is_dropped_with_a_warning(tiny_llama, tmp_path, monkeypatch, caplog):
+    from llmctl.agent.engine import speculative
+
+    monkeypatch.setattr(speculative, "KEEP_EVERY_DRAFT", False)
+    # A draft far bigger than the target (same tokenizer): its forward costs several target steps, however
+    # noisy the box (one the target's own size measured 0.8-1.7x of its step, too close to the 0.8 bar).
+    big = make_tiny_llama(tmp_path / "big-draft", seed=2, hidden_size=256, intermediate_size=1024,
+                          num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4)
+    with caplog.at_level("WARNING", logger="llmctl.engine"):
+        engine = LLMEngine(EngineConfig(model=str(tiny_llama), dtype="float32", num_threads=1,
+                                        speculative_method="draft", speculative_model=str(big)))
+    assert engine.speculator is None
+    assert "speculative decoding off" in caplog.text and "no draft could pay" in caplog.text
+    plain = LLMEngine(EngineConfig(model=str(tiny_llama), dtype="float32", num_threads=1))
+    prompts = repetitive_prompts()[:4]
+    assert ([o.output.token_ids for o in engine.generate(prompts, greedy(8))]
+            == [o.output.token_ids for o in plain.generate(prompts, greedy(8))])
+    assert engine.stats().spec_num_drafts == 0 and engine.stats().num_seq_forwards == 4 * 8
 
 
 def test_a_draft_with_another_tokenizer_is_refused(tiny_llama, smollm2_path):

@@ -5,8 +5,10 @@ interpreter when there is no GPU."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
+from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
@@ -356,9 +358,9 @@ def test_cpu_layouts_refuse_shapes_and_dtypes_their_kernels_cannot_take():
 
 # llmctl's own kernel (kernels/cpu quant_linear): every row count of the direct path (M <= 4) and the
 # chunked one, an odd number of 16-column blocks (the last task holds one), inputs that are not a whole
-# number of 128-pair chunks nor of the direct path's 4-pair steps (int8), and groups of 8 to 128 inputs.
+# number of 512-pair chunks nor of the direct path's 4-pair steps (int8), and groups of 8 to 128 inputs.
 QUANT_KERNEL_CASES = [(1, 576, 48, 64), (2, 170, 16, 0), (3, 264, 80, 8), (4, 1536, 32, 128), (5, 576, 48, 32),
-                      (13, 170, 48, 0), (40, 264, 16, 8)]
+                      (13, 170, 48, 0), (40, 264, 16, 8), (9, 1536, 80, 0), (17, 1536, 48, 64)]  # 512 + 256 pairs
 
 
 @pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's quantized linear needs AVX512-BF16")
@@ -383,6 +385,45 @@ def test_llmctl_quant_linear_matches_fp64_at_every_row_count(m, k, n, group):
     assert_rel_close(one_row, expected[-1:], 4e-3, "last row alone")
 
 
+# The blocked bf16 layout read in place: the direct path (M <= 4), tiles of 3 blocks by 8 rows (M < 128) and of 4
+# blocks by 6 rows (M >= 128), with 5 blocks of 16 columns (the last task partial in both) and 85 input pairs
+# (neither the direct path's 4-pair steps nor a whole pass).
+BF16_KERNEL_CASES = [(1, 170, 80), (4, 576, 48), (5, 170, 80), (13, 1536, 48), (40, 170, 80), (130, 170, 80),
+                     (203, 576, 80), (9, 2304, 48), (131, 2304, 64)]  # the last two: passes of 1024 + 128 pairs
+
+
+@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's bf16 linear needs AVX512-BF16")
+@pytest.mark.parametrize("m,k,n", BF16_KERNEL_CASES)
+def test_llmctl_bf16_linear_matches_fp64_at_every_row_count(m, k, n):
+    torch.manual_seed(m)
+    x = torch.randn(m, k, dtype=torch.bfloat16)
+    w = torch.randn(n, k, dtype=torch.bfloat16)
+    bias = torch.randn(n, dtype=torch.bfloat16)
+    packed = cpu.pack_bf16(w)
+    assert packed.shape == (n // 16, k // 2, 32) and packed.dtype == torch.bfloat16
+    out = cpu.quant_linear(x, packed, None, 0, bias)
+    expected = x.double() @ w.double().T + bias.double()
+    assert_rel_close(out, expected, 4e-3, f"bf16 linear m={m}")  # only the output's rounding to bf16 remains
+    assert_rel_close(cpu.quant_linear(x[-1:], packed, None), expected[-1:] - bias.double(), 4e-3, "last row alone")
+
+
+@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's bf16 linear needs AVX512-BF16")
+def test_dense_bf16_weights_prepack_to_the_blocked_layout_unless_onednn_is_asked_for(monkeypatch):
+    from llmctl import kernels
+
+    w = torch.randn(96, 64, dtype=torch.bfloat16)
+    x = torch.randn(7, 64, dtype=torch.bfloat16)
+    blocked = kernels.prepack_linear_weight(w)
+    assert blocked.dim() == 3
+    assert_rel_close(kernels.linear(x, blocked), x.double() @ w.double().T, 4e-3, "kernels.linear")
+    monkeypatch.setattr(kernels, "DENSE_LINEAR", "onednn")
+    assert kernels.prepack_linear_weight(w).dim() != 3
+    monkeypatch.setattr(kernels, "DENSE_LINEAR", "llmctl")
+    # Widths the blocks cannot take, and other dtypes, keep the other paths.
+    assert kernels.prepack_linear_weight(torch.randn(40, 64, dtype=torch.bfloat16)).dim() != 3
+    assert kernels.prepack_linear_weight(torch.randn(96, 64)).dim() != 3
+
+
 def test_llmctl_quant_linear_rejects_activations_it_was_not_packed_for():
     w_int8, scales = ref.quantize_int8_per_channel(torch.randn(32, 64))
     packed, packed_scales = cpu.pack_int8(w_int8, scales)
@@ -390,3 +431,41 @@ def test_llmctl_quant_linear_rejects_activations_it_was_not_packed_for():
         cpu.quant_linear(torch.randn(2, 64), packed, packed_scales)
     with pytest.raises(ValueError, match="64"):
         cpu.quant_linear(torch.randn(2, 32, dtype=torch.bfloat16), packed, packed_scales)
+
+
+def _anon_huge_kib(address: int) -> int:
+    """AnonHugePages of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(v, 16) for v in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _thp_mode() -> str:
+    enabled = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    text = enabled.read_text() if enabled.exists() else "[never]"
+    return text[text.index("[") + 1:text.index("]")]
+
+
+def test_packed_weights_move_into_one_huge_page_mapping_in_order(monkeypatch):
+    tensors = [cpu.pack_int8(*ref.quantize_int8_per_channel(torch.randn(n, 576)))[0] for n in (960, 576, 3072)]
+    tensors.append(torch.randint(0, 255, (36, 288, 16), dtype=torch.uint8))  # a 4-bit layout
+    copies = cpu.in_huge_pages(tensors)
+    assert all(torch.equal(c, t) and c.dtype == t.dtype and c.data_ptr() != t.data_ptr()
+               for c, t in zip(copies, tensors, strict=True))
+    assert copies[0].data_ptr() % cpu.HUGE_PAGE == 0
+    for before, after in itertools.pairwise(copies):  # one after another, each on a 64-byte boundary
+        assert after.data_ptr() == before.data_ptr() + -(-before.nbytes // 64) * 64
+    if platform.system() == "Linux" and _thp_mode() in ("always", "madvise"):
+        # 3.8 MB of weights from a 2 MiB boundary: at least the first 2 MiB sit in one huge page.
+        assert _anon_huge_kib(copies[0].data_ptr()) >= 2048
+    del tensors
+    assert int(copies[-1].sum()) >= 0  # the mapping outlives the originals (torch.frombuffer holds it)
+
+    monkeypatch.setenv("LLMCTL_HUGE_PAGES", "0")
+    assert cpu.in_huge_pages(copies) is copies

@@ -125,7 +125,10 @@ async def test_live_run_appears_on_the_open_screen_and_is_followed_to_its_end(tm
             await until(pilot, lambda: steps_of(panel).get("baseline", ("",))[0] == "running",
                         what="the baseline measuring")
             assert panel.border_title.startswith(f"Optimization run {run.id}, started ")
-            assert panel.status.plain.startswith("running  goal throughput  bottleneck not named yet  baseline: ")
+            # The run's line follows on its next poll: a clean-clone CI run once caught the baseline's row running
+            # while the line still said "starting: choosing a node for the trial replicas".
+            await until(pilot, lambda: panel.status.plain.startswith(
+                "running  goal throughput  bottleneck not named yet  baseline: "), what="the run's baseline line")
 
             fleet.hold.clear()
             for held in list(fleet.held):

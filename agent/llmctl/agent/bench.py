@@ -95,6 +95,9 @@ class BenchOptions:
     baseline_first: bool = False
     """Run the --compare-* row (llmctl-no-prefix-cache, llmctl-no-spec) before the configured one: a process's
     first engine run may differ from its second (a few percent on a CPU), so a comparison is run both ways."""
+    isolate_runs: bool = False
+    """Run each engine target in a process of its own (agent/bench_child.py): two engines run one after the
+    other in one process are not measured alike."""
     run_engine: bool = True
     json_path: str | None = None
     workload_kind: str = "mixed"
@@ -145,7 +148,7 @@ class BenchOptions:
         seed: int, baselines: str, hf_batch_size: int, url: str | None, compare_prefix_caching: bool,
         run_engine: bool, json_path: str | None, workload: dict[str, Any] | None = None,
         compare_quantization: str = "", compare_speculative: bool = False, workload_kind: str = "mixed",
-        baseline_first: bool = False,
+        baseline_first: bool = False, isolate_runs: bool = False,
     ) -> BenchOptions:
         """Parse the CLI's strings. With --url the in-process engine stays off: --model then only names the
         tokenizer (and the baselines' weights), so no local engine competes with the server. `workload` (a
@@ -175,7 +178,7 @@ class BenchOptions:
             compare_prefix_caching=compare_prefix_caching, run_engine=run_engine and url is None,
             compare_quantization=tuple(q.strip() for q in compare_quantization.split(",") if q.strip()),
             compare_speculative=compare_speculative, json_path=json_path, workload_kind=workload_kind,
-            baseline_first=baseline_first,
+            baseline_first=baseline_first, isolate_runs=isolate_runs,
         )
 
 
@@ -199,6 +202,12 @@ class BenchRequest:
     prompt_token_ids: list[int]
     output_len: int
     arrival_s: float
+
+
+def request_dicts(workload: list[BenchRequest]) -> list[dict[str, Any]]:
+    """The workload as JSON for a child process that runs it (bench_child.py, vllm_child.py)."""
+    return [{"index": r.index, "prompt_token_ids": r.prompt_token_ids, "output_len": r.output_len,
+             "arrival_s": r.arrival_s} for r in workload]
 
 
 def word_token_ids(tokenizer) -> list[int]:
@@ -344,6 +353,7 @@ class BenchReport:
                 "shared_prefix_len": o.shared_prefix_len,
                 "request_rate": "inf" if math.isinf(o.request_rate) else o.request_rate,
                 "seed": o.seed,
+                "isolated_runs": o.isolate_runs,
                 **({"lengths": [list(p) for p in o.lengths]} if o.lengths is not None else {}),
                 "total_prompt_tokens": sum(len(w.prompt_token_ids) for w in self.workload),
                 "total_output_tokens": sum(w.output_len for w in self.workload),
@@ -623,6 +633,11 @@ def run_bench(options: BenchOptions, config=None, console=None) -> BenchReport:
                 variants.reverse()
             variants += [(f"llmctl-{q}", config.replace(quantization=q)) for q in options.compare_quantization]
             for name, cfg in variants:
+                if options.isolate_runs:
+                    from llmctl.agent.bench_child import run_isolated
+
+                    runs.append(run_isolated(name, cfg, workload, warmup, advancer(name)))
+                    continue
                 runs.append(asyncio.run(run_engine_target(name, cfg, workload, warmup, advancer(name))))
                 free_memory()
         if "vllm" in options.baselines:

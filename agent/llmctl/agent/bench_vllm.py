@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from llmctl.agent.bench import Advance, BenchRequest, RequestResult, RunResult
+from llmctl.agent.bench import Advance, BenchRequest, RequestResult, RunResult, request_dicts
 
 PEER_VENV = ".venv-vllm"
 PYTHON_ENV = "LLMCTL_VLLM_PYTHON"
@@ -61,11 +61,7 @@ def child_spec(folder: Path, dtype: str, config, max_model_len: int, workload: l
         "num_threads": config.num_threads or torch.get_num_threads(),
         "seed": 0,
         "warmup": warmup,
-        "requests": [
-            {"index": r.index, "prompt_token_ids": r.prompt_token_ids, "output_len": r.output_len,
-             "arrival_s": r.arrival_s}
-            for r in workload
-        ],
+        "requests": request_dicts(workload),
     }
 
 

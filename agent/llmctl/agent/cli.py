@@ -159,6 +159,13 @@ def serve(
         str | None,
         typer.Option("--engine-config", help="The whole EngineConfig as a JSON object, instead of the engine flags"),
     ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option("--max-body-bytes", min=1, help="Larger request bodies get a 413 [default: 16 MiB]")
+    ] = None,
+    read_timeout_s: Annotated[
+        float | None, typer.Option("--read-timeout-s", min=0.1, help="A client must send each whole request within "
+                                   "this many seconds, else 408 and the connection is closed [default: 30]")
+    ] = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API."""
     if engine_config_json is not None:
@@ -176,7 +183,9 @@ def serve(
     from llmctl.agent.server import run_server
 
     try:
-        run_server(config, host=host, port=port, graceful_shutdown_s=graceful_shutdown_s)
+        limits = {"max_body_bytes": max_body_bytes, "read_timeout_s": read_timeout_s}
+        run_server(config, host=host, port=port, graceful_shutdown_s=graceful_shutdown_s,
+                   **{name: value for name, value in limits.items() if value is not None})
     except EngineError as exc:
         fail(str(exc))
 
@@ -253,6 +262,8 @@ def bench(
         "--compare-speculative", help="Also run the engine without speculation, as the llmctl-no-spec row")] = False,
     baseline_first: Annotated[bool, typer.Option(
         "--baseline-first", help="Run the --compare-* row first (order effects: run a comparison both ways)")] = False,
+    isolate_runs: Annotated[bool, typer.Option(
+        "--isolate-runs", help="Run each engine row in a process of its own (fairest for --compare-*)")] = False,
     no_engine: Annotated[bool, typer.Option("--no-engine", help="Run only the baselines")] = False,
     json_path: Annotated[str | None, typer.Option("--json", help="Write results as JSON")] = None,
     dtype: Dtype = "auto",
@@ -288,7 +299,7 @@ def bench(
             baselines=baselines, hf_batch_size=hf_batch_size, url=url,
             compare_prefix_caching=compare_prefix_caching, run_engine=not no_engine,
             compare_quantization=compare_quantization, compare_speculative=compare_speculative,
-            baseline_first=baseline_first,
+            baseline_first=baseline_first, isolate_runs=isolate_runs,
             json_path=json_path, workload=spec, workload_kind=kind,
         )
         config = None

@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -37,8 +37,10 @@ from llmctl.agent.measurement import MeasurementOutcome, MeasurementRunner
 from llmctl.agent.replica_stats import ReplicaStatsScraper, ReplicaUnreachable
 from llmctl.agent.replicas import ReplicaError, ReplicaState, ReplicaStatus, ReplicaSupervisor, UnknownReplica
 from llmctl.agent.telemetry import open_telemetry
+from llmctl.controlplane.errors import InvalidArgument
 from llmctl.controlplane.proto import llmctl_pb2 as pb
 from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
+from llmctl.controlplane.tls import ClientTls, host_of, is_loopback, open_channel
 
 logger = logging.getLogger("llmctl.agent.daemon")
 
@@ -66,7 +68,7 @@ class AgentConfig:
 
     control_plane: str
     """The control plane's gRPC address, "host:port"."""
-    join_token: str
+    join_token: str = field(repr=False)  # repr: a logged config shows no secret
     node_name: str | None = None
     """None: this host's name, lowercased into a DNS label."""
     max_replicas: int | None = None
@@ -80,6 +82,9 @@ class AgentConfig:
     telemetry_interval_s: float = 2.0
     max_backoff_s: float = 30.0
     """Longest wait between reconnects to the control plane (and between replica restarts)."""
+    tls: ClientTls | None = None
+    """None: plaintext gRPC (fine on loopback; warned about elsewhere). Set: TLS with its CA, and mutual TLS
+    when it carries this agent's certificate and key."""
     nvml: object | None = None
     """A pynvml-like module (tests inject FakeNvml); None: real pynvml, or host-only telemetry without it."""
 
@@ -190,6 +195,10 @@ class AgentDaemon:
         logger.info("agent %s: %d GPU(s) (%s telemetry), %d CPU core(s), room for %d replica(s), joining the "
                     "control plane at %s", self.node_name, len(self._gpus), self._telemetry.source,
                     len(usable_cpus()), self.capacity, self.config.control_plane)
+        if self.config.tls is None and not is_loopback(host_of(self.config.control_plane)):
+            logger.warning("connecting to the control plane at %s in plaintext: the join token and replica "
+                           "commands cross the network readable by anyone on the path; pass --ca (and --cert, "
+                           "--key for mutual TLS)", self.config.control_plane)
 
     def stop(self) -> None:
         """Stop every replica (the control plane hears DRAINING/STOPPED while the stream is still up), close
@@ -241,7 +250,10 @@ class AgentDaemon:
 
     def _session_once(self) -> tuple[int, str]:
         """Register, then hold one Connect stream until it ends. Returns (log level, why it ended)."""
-        channel = grpc.insecure_channel(self.config.control_plane)  # fresh each time: no stale backoff
+        try:  # fresh each time: no stale backoff; certificate files are read again, so replacing them works
+            channel = open_channel(self.config.control_plane, self.config.tls)
+        except InvalidArgument as exc:
+            return logging.ERROR, f"cannot set up TLS to the control plane: {exc.message}"
         with self._lock:
             if self._stopping.is_set():
                 channel.close()
@@ -249,6 +261,10 @@ class AgentDaemon:
             self._channel = channel
         try:
             return self._register_and_connect(pb_grpc.AgentServiceStub(channel))
+        except ValueError:  # "Cannot invoke RPC on closed channel": stop() closed it before Register began
+            if self._stopping.is_set():
+                return logging.DEBUG, "stopping"
+            raise
         finally:
             with self._lock:
                 self._channel = None
@@ -329,7 +345,13 @@ class AgentDaemon:
             return logging.ERROR, (f"{where} refused this agent's join token ({details}); pass the token "
                                    "from $LLMCTL_HOME/join_token on the control-plane host as --join-token")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return logging.WARNING, f"cannot {doing} {where}: {code.name}: {details}"
+            # A refused TLS handshake looks like any closed socket from here; the server's log says which.
+            if self.config.tls is not None:
+                hint = ("; if it listens, the TLS handshake may have failed: check --ca, --cert and --key against "
+                        "the server's certificate and --client-ca, and the server's log")
+            else:
+                hint = "; if it serves TLS, pass --ca (and --cert, --key)" if "socket closed" in details.lower() else ""
+            return logging.WARNING, f"cannot {doing} {where}: {code.name}: {details}{hint}"
         name = code.name if code is not None else type(exc).__name__
         return logging.ERROR, f"{where} rejected node {self.node_name}: {name}: {details}"
 

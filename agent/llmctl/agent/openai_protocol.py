@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi.exceptions import RequestValidationError
@@ -94,10 +95,16 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> Response:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "server_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
+               413: "invalid_request_error", 499: "invalid_request_error"}
+"""OpenAI's error type by HTTP status; any other status is a server_error."""
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                   headers: Mapping[str, str] | None = None) -> Response:
+    body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param,
+                      "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmctl.agent.engine.errors import EngineError, InvalidRequest
 from llmctl.agent.engine.sampling import SamplingParams
+from llmctl.agent.http_guard import MAX_BODY_BYTES, READ_TIMEOUT_S, BodyLimit, uvicorn_limits
 from llmctl.agent.metrics import ServerMetrics
 from llmctl.agent.openai_fields import UnknownFields, check_fields
 from llmctl.agent.openai_protocol import (
@@ -48,6 +49,16 @@ from llmctl.agent.openai_protocol import (
     sse,
     usage,
     validation_message,
+)
+from llmctl.agent.openai_schema import (
+    ChatCompletion,
+    Completion,
+    Health,
+    ModelCard,
+    ModelList,
+    Tokens,
+    finish_openapi,
+    responses,
 )
 
 if TYPE_CHECKING:
@@ -286,8 +297,9 @@ class _Api:
         yield sse("[DONE]")
 
 
-def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
-    """The FastAPI app serving async_engine; its lifespan starts and stops the engine loop."""
+def build_app(async_engine: AsyncEngine, served_model_name: str, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app serving async_engine; its lifespan starts and stops the engine loop. A request body
+    over max_body_bytes is a 413."""
     api = _Api(async_engine, served_model_name)
 
     @asynccontextmanager
@@ -299,6 +311,8 @@ def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
             await async_engine.stop()
 
     app = FastAPI(title="llmctl", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    finish_openapi(app)
     app.state.api = api
 
     @app.exception_handler(RequestValidationError)
@@ -321,15 +335,22 @@ def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
-        return error_response(exc.status_code, str(exc.detail))
+        # FastAPI's "There was an error parsing the body" says nothing of why; the cause does.
+        cause = exc.__cause__
+        if isinstance(cause, UnicodeDecodeError):
+            return error_response(400, f"Malformed JSON body: not UTF-8 ({cause.reason} at byte {cause.start}).")
+        if isinstance(cause, RecursionError):
+            return error_response(400, "Malformed JSON body: nested too deeply.")
+        # Keep the exception's headers: a 405 must say which methods the route allows (RFC 9110).
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
-    @app.get("/health")
+    @app.get("/health", responses=responses(Health, 503))
     async def health() -> Response:
         if not async_engine.is_running:
             return error_response(503, f"The engine loop is not running ({async_engine.error or 'stopped'}).")
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=responses(None, media_type=CONTENT_TYPE_LATEST))
     async def metrics() -> Response:
         return Response(generate_latest(api.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -337,16 +358,16 @@ def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
         return {"id": api.model, "object": "model", "created": api.created, "owned_by": "llmctl",
                 "max_model_len": api.info.max_model_len}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=None, responses=responses(ModelList))
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{name:path}")
+    @app.get("/v1/models/{name:path}", response_model=None, responses=responses(ModelCard, 404))
     async def get_model(name: str) -> dict[str, Any]:
         api.check_model(name)
         return model_card()
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=responses(Completion, 400, 404, 408, 413, stream=True))
     async def completions(body: CompletionRequest, request: Request) -> Response:
         api.check_request(body, "/v1/completions")
         if body.max_tokens == 0 and not body.echo:
@@ -362,7 +383,7 @@ def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
         job = api.job("completion", body, prompt_ids, body.max_tokens, body.logprobs, echo=echo)
         return await (api.stream if body.stream else api.complete)(request, job)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=responses(ChatCompletion, 400, 404, 408, 413, stream=True))
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         api.check_request(body, "/v1/chat/completions")
         if body.top_logprobs is not None and not body.logprobs:
@@ -383,7 +404,7 @@ def build_app(async_engine: AsyncEngine, served_model_name: str) -> FastAPI:
         job = api.job("chat", body, prompt_ids, limit, top if body.logprobs else None, top)
         return await (api.stream if body.stream else api.complete)(request, job)
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", response_model=None, responses=responses(Tokens, 400, 404, 408, 413))
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
         """Token ids as this model sees them (vLLM's route): how clients and the quality scorer count and
         align tokens without a tokenizer of their own."""
@@ -423,7 +444,8 @@ def chat_message(message: ChatMessage) -> dict[str, Any]:
     return (message.model_extra or {}) | {"role": message.role, "content": content or ""}
 
 
-def run_server(config: EngineConfig, host: str, port: int, graceful_shutdown_s: float = 30.0) -> None:
+def run_server(config: EngineConfig, host: str, port: int, graceful_shutdown_s: float = 30.0,
+               max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S) -> None:
     """Load the engine, serve it until SIGINT/SIGTERM, then stop the engine loop."""
     import uvicorn
 
@@ -432,7 +454,8 @@ def run_server(config: EngineConfig, host: str, port: int, graceful_shutdown_s: 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = config.served_model_name or config.model
     engine = AsyncEngine.from_config(config)
-    app = build_app(engine, name)
+    app = build_app(engine, name, max_body_bytes=max_body_bytes)
     logger.info("serving %r with an OpenAI-compatible API at http://%s:%d/v1", name, host, port)
     # The grace period bounds how long open streams may delay shutdown; then they are cancelled (aborted).
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_shutdown_s)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_shutdown_s,
+                **uvicorn_limits(read_timeout_s))

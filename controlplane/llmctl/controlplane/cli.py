@@ -8,15 +8,20 @@ import typer
 from llmctl.agent.cli import register_engine_commands
 from llmctl.controlplane.commands import (
     autoscale,
+    certs,
     dashboard,
     deployments,
     fleet,
     optimize,
     processes,
+    prompts,
     quality,
+    route,
+    security,
     tenants,
     traffic,
 )
+from llmctl.controlplane.commands.common import CaOpt, CertOpt, KeyOpt, remember_tls_flags
 from llmctl.controlplane.db.cli import db_app
 
 HELP = """llmctl: serve, measure and optimize self-hosted LLM inference.
@@ -25,7 +30,8 @@ Exit codes: 0 done; 2 the request was wrong (invalid flags, unknown deployment, 
 token); 1 the system could not do it (control plane unreachable, no healthy node, rollout failed).
 Operator commands find the control plane with --control-plane (default: $LLMCTL_HOME/up.json, else
 127.0.0.1:50051) and authenticate with --admin-token (default: $LLMCTL_ADMIN_TOKEN, else
-$LLMCTL_HOME/admin_token, else up.json).
+$LLMCTL_HOME/admin_token, else up.json). A control plane with TLS wants `llmctl --ca FILE [--cert FILE
+--key FILE] COMMAND` (or $LLMCTL_CA, $LLMCTL_CERT, $LLMCTL_KEY); after `llmctl up --tls` up.json has them.
 """
 
 app = typer.Typer(
@@ -35,6 +41,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(ca: CaOpt = None, cert: CertOpt = None, key: KeyOpt = None) -> None:
+    remember_tls_flags(ca, cert, key)
+
+
 register_engine_commands(app)
 processes.register(app)
 deployments.register(app)
@@ -43,8 +56,12 @@ tenants.register(app)
 quality.register(app)
 optimize.register(app)
 traffic.register(app)
+prompts.register(app)
 dashboard.register(app)
 autoscale.register(app)
+route.register(app)
+security.register(app)
+certs.register(app)
 app.add_typer(db_app, name="db")
 
 

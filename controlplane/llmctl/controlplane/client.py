@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from llmctl.controlplane.errors import (
+    ERROR_METADATA,
     AlreadyExists,
     Conflict,
     ControlPlaneError,
@@ -27,6 +28,7 @@ from llmctl.controlplane.errors import (
 )
 from llmctl.controlplane.proto import llmctl_pb2 as pb
 from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
+from llmctl.controlplane.tls import ClientTls, open_channel
 
 DEFAULT_TIMEOUT_S = 15.0
 _ERRORS: dict[grpc.StatusCode, type[ControlPlaneError]] = {
@@ -64,16 +66,19 @@ class AdminClient:
     """One channel to a control plane's AdminService; use as a context manager or call close()."""
 
     def __init__(
-        self, address: str, admin_token: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, own_connection: bool = False
+        self, address: str, admin_token: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, own_connection: bool = False,
+        tls: ClientTls | None = None,
     ):
         """own_connection: do not share a TCP connection with other channels to the same address in this
         process (gRPC shares them by default), so a reconnecting client does not inherit another channel's
-        reconnect backoff; long-lived watchers like the dashboard want this."""
+        reconnect backoff; long-lived watchers like the dashboard want this. tls: None for plaintext; a
+        control plane started with --client-ca also wants this client's certificate in it."""
         self.address = address
         self.timeout_s = timeout_s
+        self.tls = tls
         self._metadata = (("authorization", f"Bearer {admin_token}"),)
         options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
-        self._channel = grpc.insecure_channel(address, options=options)
+        self._channel = open_channel(address, tls, options)
         self._stub = pb_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
@@ -174,10 +179,13 @@ class AdminClient:
         response = self._call("CreateTenant", request)
         return response.tenant, response.api_key
 
-    def update_tenant(self, name: str, *, quality_opt_out: bool | None = None) -> pb.Tenant:
+    def update_tenant(self, name: str, *, quality_opt_out: bool | None = None,
+                      cache_sampled: bool | None = None) -> pb.Tenant:
         request = pb.UpdateTenantRequest(name=name)
         if quality_opt_out is not None:
             request.quality_opt_out = quality_opt_out
+        if cache_sampled is not None:
+            request.cache_sampled = cache_sampled
         return self._call("UpdateTenant", request)
 
     def list_tenants(self) -> list[pb.Tenant]:
@@ -204,6 +212,14 @@ class AdminClient:
 
     def set_quality_reference(self, name: str, revision: int) -> pb.Deployment:
         return self._call("SetQualityReference", pb.SetQualityReferenceRequest(name=name, revision=revision))
+
+    def set_semantic_cache(self, name: str, threshold: float | None) -> pb.SetSemanticCacheResponse:
+        """The gateway's semantic cache for a deployment: on at `threshold`, or off (None); the response's
+        warning says when the gateway cannot use it now."""
+        request = pb.SetSemanticCacheRequest(name=name)
+        if threshold is not None:
+            request.threshold = threshold
+        return self._call("SetSemanticCache", request)
 
     # Optimization runs
 
@@ -232,7 +248,46 @@ class AdminClient:
         the synthetic bench workload made from it (workload_json; empty with workload_error when too little)."""
         return self._call("GetTraffic", pb.GetTrafficRequest(deployment=deployment, window_s=window_s))
 
+    def get_prompt_audit(self, deployment: str, *, window_s: float = 0.0, top: int = 0,
+                         target_system_tokens: int | None = None, usd_per_mtok: float | None = None) -> pb.PromptAudit:
+        """Where the deployment's prompt tokens went over the last window_s seconds (0: the last hour): by tenant,
+        system prompt and shared prefix (top of each; 0: 5), and what a system prompt of target_system_tokens
+        (None: half the mean) and a prefix cache save; usd_per_mtok prices them (None: the recorded cost)."""
+        request = pb.GetPromptAuditRequest(deployment=deployment, window_s=window_s, top=top)
+        if target_system_tokens is not None:
+            request.target_system_tokens = target_system_tokens
+        if usd_per_mtok is not None:
+            request.usd_per_mtok = usd_per_mtok
+        return self._call("GetPromptAudit", request)
+
     # Plumbing
+
+    # Security
+
+    def rotate_token(self, kind: str, *, grace_s: float | None = None, finish: bool = False) -> pb.RotateTokenResponse:
+        """A new admin or join token (kind); the previous one works grace_s more (None: the server's default)."""
+        request = pb.RotateTokenRequest(kind=kind, finish=finish)
+        if grace_s is not None:
+            request.grace_s = grace_s
+        return self._call("RotateToken", request)
+
+    def list_audit(self, *, since: float | None = None, limit: int = 0) -> list[pb.AuditEntry]:
+        """Audited admin calls, newest first; since in unix seconds."""
+        request = pb.ListAuditRequest(limit=limit)
+        if since is not None:
+            request.since = since
+        return list(self._call("ListAudit", request).entries)
+
+    # Model routes
+
+    def set_model_route(self, deployment: str, *, companion: str = "", rule: str = "", max_in_flight: int = 0,
+                        off: bool = False) -> pb.ModelRoute:
+        """Send the deployment's simple requests (by `rule`) to `companion`; off removes the route."""
+        return self._call("SetModelRoute", pb.SetModelRouteRequest(
+            deployment=deployment, companion=companion, rule=rule, max_in_flight=max_in_flight, off=off))
+
+    def get_model_route(self, deployment: str) -> pb.ModelRoute:
+        return self._call("GetModelRoute", pb.GetModelRouteRequest(deployment=deployment))
 
     def _call(self, method: str, request: Any) -> Any:
         try:
@@ -248,13 +303,19 @@ class AdminClient:
             return Unavailable(
                 f"control plane at {self.address} is unreachable: no answer within {self.timeout_s:g} s"
             )
-        if code == grpc.StatusCode.UNAVAILABLE and (
+        if code == grpc.StatusCode.UNAVAILABLE and not _raised_by_server(rpc_error) and (
             not details or any(hint in details.lower() for hint in _TRANSPORT_HINTS)
         ):
             reason = _first_line(details).rsplit(": ", 1)[-1] or "no connection"
+            # A refused TLS handshake reaches us as a closed socket, like a server that is not there.
+            hint = ""
+            if "socket closed" in reason.lower():
+                hint = (" If it is, it refused the TLS handshake: check --ca, --cert and --key (LLMCTL_CA, "
+                        "LLMCTL_CERT, LLMCTL_KEY)" if self.tls is not None else
+                        " If it is, it may want TLS: pass --ca (and --cert, --key)")
             return Unavailable(
                 f"control plane at {self.address} is unreachable ({reason}); "
-                "is `llmctl server` running there?"
+                f"is `llmctl server` running there?{hint}"
             )
         if code == grpc.StatusCode.UNAVAILABLE:
             return Unavailable(details)  # the server answered, e.g. that its database is down
@@ -290,6 +351,13 @@ class EventWatch:
         self._call.cancel()
 
     close = cancel
+
+
+def _raised_by_server(rpc_error: grpc.RpcError) -> bool:
+    """Whether the control plane itself refused the call (its database is away, say), not the transport.
+    Without this, a database error quoting "Connection refused" read as the control plane being down."""
+    trailing = rpc_error.trailing_metadata() if callable(getattr(rpc_error, "trailing_metadata", None)) else None
+    return any(key == ERROR_METADATA for key, _ in trailing or ())
 
 
 def _first_line(text: str) -> str:

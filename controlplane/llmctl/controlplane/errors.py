@@ -5,6 +5,10 @@ Service functions raise these; the gRPC interceptor and the gateway's exception 
 
 from __future__ import annotations
 
+ERROR_METADATA = "x-llmctl-error"
+"""Trailing gRPC metadata on every error the control plane itself raised, so a client can tell its UNAVAILABLE
+("the database is away") from the transport's ("no connection to the control plane")."""
+
 
 class ControlPlaneError(Exception):
     """Base class: a message an operator can act on, plus how each edge reports it."""

@@ -30,6 +30,9 @@ class AgentSession:
         self.node_name = node_name
         self.id = next(_session_ids)
         self.connected_at = time.time()
+        self.heard_at = self.connected_at
+        """time.time() of the last message from the agent (kept here, so a heartbeat lost with its SQL write
+        still proves the node alive)."""
         self._outbox: queue.Queue[pb.ControlMessage | None] = queue.Queue()
         self._closed = threading.Event()
         self.reported: dict[int, pb.ReplicaStatus] = {}
@@ -38,6 +41,9 @@ class AgentSession:
         self.sent_stops: dict[int, float] = {}
         """Replica id -> time.monotonic() of the last StopReplica sent, so a lost one is sent again."""
         self.drain_sent = False
+        self.unsaved: dict[int, pb.ReplicaStatus] = {}
+        """Replica id -> a status the agent reported whose SQL write failed (the database was away); written
+        again with the session's next message, unless a newer status of the replica is written first."""
 
     @property
     def closed(self) -> bool:
@@ -80,6 +86,9 @@ class AgentSession:
             self.sent_stops.pop(status.replica_id, None)
         else:
             self.reported[status.replica_id] = status
+
+    def heard(self) -> None:
+        self.heard_at = time.time()
 
     def knows(self, replica_id: int) -> bool:
         """Whether the agent reported the replica or was told to start it."""

@@ -33,6 +33,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -51,13 +52,16 @@ from llmctl.controlplane.db.models import (
 )
 from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.fleet import LIVE_AGENT_STATES, Fleet
+from llmctl.controlplane.gateway.model_route import ModelRoute, ModelRouteTable
 from llmctl.controlplane.gateway.routes import Endpoint, RouteTable
 from llmctl.controlplane.gateway.sampling import SamplingTable
+from llmctl.controlplane.gateway.semantic_cache import SemanticTable
 from llmctl.controlplane.metrics import ControlPlaneMetrics, Snapshot
 from llmctl.controlplane.planning import Member, NodeRoom, place, plan_deployment
 from llmctl.controlplane.proto import llmctl_pb2 as pb
 from llmctl.controlplane.rpc.convert import start_replica
 from llmctl.controlplane.services import deployments as deployments_service
+from llmctl.controlplane.services import model_routes as model_routes_service
 from llmctl.controlplane.services import nodes as nodes_service
 from llmctl.controlplane.services import quality as quality_service
 from llmctl.controlplane.services.events import record_event
@@ -133,6 +137,9 @@ class _Pass:
     known: dict[int, tuple[ReplicaState, str | None]] = field(default_factory=dict)
     endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
     sample_rates: dict[str, float] = field(default_factory=dict)
+    semantic: dict[str, float] = field(default_factory=dict)
+    """Deployments with the gateway's semantic cache on, and its similarity threshold."""
+    model_routes: dict[str, ModelRoute] = field(default_factory=dict)
     holds: set[str] = field(default_factory=set)
     """Deployments autoscaled (mode on): their requests wait at the gateway for a first replica."""
     gpus: dict[int, str] = field(default_factory=dict)
@@ -141,9 +148,12 @@ class _Pass:
 
 class Reconciler:
     def __init__(self, db: sessionmaker[Session], fleet: Fleet, routes: RouteTable, policy: ReconcilePolicy,
-                 metrics: ControlPlaneMetrics, sampling: SamplingTable | None = None) -> None:
+                 metrics: ControlPlaneMetrics, sampling: SamplingTable | None = None,
+                 model_routes: ModelRouteTable | None = None, semantic: SemanticTable | None = None) -> None:
         self.db, self.fleet, self.routes, self.policy, self.metrics = db, fleet, routes, policy, metrics
         self.sampling = sampling if sampling is not None else SamplingTable()
+        self.semantic = semantic if semantic is not None else SemanticTable()
+        self.model_routes = model_routes if model_routes is not None else ModelRouteTable()
         self._started = time.monotonic()
         self._rollouts: dict[str, Rollout] = {}
         self._unschedulable: set[str] = set()
@@ -160,8 +170,11 @@ class Reconciler:
         if time.monotonic() - self._started < self.policy.restart_grace_s:
             return
         timeout = self.policy.node_timeout_s
+        # Agents connected here that spoke lately are alive even when their heartbeats' writes failed (the
+        # database was away longer than the timeout): without this, its return would cost every replica.
+        heard = {s.node_name: datetime.fromtimestamp(s.heard_at, UTC) for s in self.fleet.sessions()}
         with session_scope(self.db) as session:
-            stale = [n.name for n in nodes_service.mark_stale_nodes(session, timeout_s=timeout)]
+            stale = [n.name for n in nodes_service.mark_stale_nodes(session, timeout_s=timeout, heard=heard)]
         if stale:
             logger.warning("nodes missed heartbeats for %gs: %s", timeout, ", ".join(stale))
             self.reconcile()
@@ -198,8 +211,11 @@ class Reconciler:
             self._reconcile_scorer(session, deployment, [r for r in mine if r.role == ReplicaRole.SCORE],
                                    by_name, rooms, work)
             self._reconcile_trials(session, [r for r in mine if r.role == ReplicaRole.TRIAL], work)
+            if deployment.semantic_cache_threshold is not None:
+                work.semantic[deployment.name] = deployment.semantic_cache_threshold
         for name in set(self._rollouts) - {d.name for d in deployments}:
             del self._rollouts[name]
+        work.model_routes = model_routes_service.published(session)
         rows = live_replicas(session)  # as decided: new ones in, stopped ones out
         self._finish_drains(session, nodes, rows, work)
         self._summarise(nodes, deployments, rows, work)
@@ -458,6 +474,8 @@ class Reconciler:
             self.routes.remove(name)
         self.routes.set_holds(work.holds)
         self.sampling.replace(work.sample_rates)
+        self.semantic.replace(work.semantic)
+        self.model_routes.replace(work.model_routes)
 
     def _send(self, work: _Pass) -> None:
         grace = self.policy.drain_grace_s

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,11 @@ from llmctl.controlplane.autoscaling.runner import AutoscaleJob
 from llmctl.controlplane.errors import InvalidArgument, Unavailable
 from llmctl.controlplane.fleet import Fleet
 from llmctl.controlplane.gateway.holding import ColdStartHold
+from llmctl.controlplane.gateway.model_route import ModelRouteTable
 from llmctl.controlplane.gateway.pricing import PriceTable
 from llmctl.controlplane.gateway.routes import RouteTable
 from llmctl.controlplane.gateway.sampling import QualitySampler, SamplingTable
+from llmctl.controlplane.gateway.semantic_cache import SemanticTable
 from llmctl.controlplane.jobs import AUTOSCALE, OPTIMIZE, RECONCILE, JobRunner, control_plane_jobs
 from llmctl.controlplane.metrics import ControlPlaneMetrics
 from llmctl.controlplane.optimizer.runner import Optimizer
@@ -41,8 +43,16 @@ from llmctl.controlplane.quality.worker import QUEUE_SIZE, QualityWorker
 from llmctl.controlplane.reconciler import ReconcilePolicy, Reconciler
 from llmctl.controlplane.rpc.admin import AdminServicer
 from llmctl.controlplane.rpc.agents import AgentServicer
+from llmctl.controlplane.rpc.audit import AuditInterceptor
 from llmctl.controlplane.rpc.interceptors import AuthInterceptor, ErrorInterceptor, admin_rule, join_rule
-from llmctl.controlplane.tokens import ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE, resolve_token
+from llmctl.controlplane.tls import ServerTls, is_loopback
+from llmctl.controlplane.tokens import (
+    ADMIN_TOKEN_FILE,
+    API_KEY_SECRET_FILE,
+    JOIN_TOKEN_FILE,
+    TokenRing,
+    resolve_token,
+)
 
 logger = logging.getLogger("llmctl.controlplane")
 
@@ -62,10 +72,13 @@ class ServerConfig:
     """0: pick a free port (ControlPlane.grpc_address has the real one after start)."""
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
-    admin_token: str | None = None
+    admin_token: str | None = field(default=None, repr=False)  # repr: a logged config shows no secret
     """None: read $LLMCTL_HOME/admin_token, creating it (mode 0600) the first time."""
-    join_token: str | None = None
+    join_token: str | None = field(default=None, repr=False)
     """None: read $LLMCTL_HOME/join_token, creating it (mode 0600) the first time."""
+    api_key_secret: str | None = field(default=None, repr=False)
+    """The HMAC key API keys are hashed with. None: read $LLMCTL_HOME/api_key_secret, creating it (mode 0600)
+    the first time. Control planes sharing one database must share it (--api-key-secret-file)."""
     node_timeout_s: float = 15.0
     """A node silent this long is unhealthy and its replicas are started elsewhere (twice as long right
     after the control plane starts, while agents reconnect)."""
@@ -84,6 +97,13 @@ class ServerConfig:
     """A request for an autoscaled deployment with no ready replica waits this long for one (scale from zero)."""
     cold_start_max_held: int = 100
     """At most this many requests wait so per deployment; more get 503 with Retry-After at once."""
+    response_cache_mb: float = 0.0
+    """Size of the gateway's exact response cache in MiB (docs/caching.md); 0: no cache."""
+    response_cache_ttl_s: float = 3600.0
+    """A cached answer is served at most this long after it was computed."""
+    tls: ServerTls | None = None
+    """None: plaintext (meant for loopback; any other address gets a warning). Set: gRPC over TLS (mutual TLS
+    when it names a client CA) and the gateway over HTTPS, with the same certificate."""
     home: Path | None = None
     """$LLMCTL_HOME override (tests)."""
 
@@ -94,10 +114,13 @@ class ServerConfig:
                 raise InvalidArgument(
                     f"{name} must be a port number 0-65535 (0: any free port), got {port!r}")
         for name in ("node_timeout_s", "rollout_timeout_s", "heartbeat_interval_s", "reconcile_interval_s",
-                     "quality_retention_s", "traffic_retention_s", "cold_start_hold_s"):
+                     "quality_retention_s", "traffic_retention_s", "cold_start_hold_s", "response_cache_ttl_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise InvalidArgument(f"{name} must be a positive number of seconds, got {value!r}")
+        mb = self.response_cache_mb
+        if isinstance(mb, bool) or not isinstance(mb, int | float) or mb < 0:
+            raise InvalidArgument(f"response_cache_mb must be a number of MiB >= 0 (0: no cache), got {mb!r}")
         if self.node_timeout_s <= 2 * self.heartbeat_interval_s:
             raise InvalidArgument(
                 f"node_timeout_s ({self.node_timeout_s:g}) must exceed two heartbeat intervals "
@@ -112,13 +135,16 @@ class ControlPlane:
         self.config = config
         self.grpc_address = ""
         self.gateway_url = ""
-        self.admin_token = ""
-        self.join_token = ""
+        self.tokens: dict[str, TokenRing] = {}
+        """"admin" and "join": the current token of each, and the previous one during a rotation."""
         self.database_url = ""
         self.routes = RouteTable()
         self.fleet = Fleet()
         self.registry = CollectorRegistry(auto_describe=False)
         self.sampling = SamplingTable()
+        self.semantic = SemanticTable()
+        """Deployment -> semantic cache threshold: the reconciler writes it from SQL, the gateway reads it."""
+        self.model_routes = ModelRouteTable()
         self.sampler = QualitySampler(self.sampling, queue.Queue(QUEUE_SIZE), registry=self.registry)
         self.quality: QualityWorker | None = None
         self._stopping = threading.Event()
@@ -142,18 +168,23 @@ class ControlPlane:
 
         config = self.config
         home = Path(config.home if config.home is not None else llmctl_home()).expanduser()
-        self.admin_token = resolve_token(config.admin_token, home, ADMIN_TOKEN_FILE, "admin token")
-        self.join_token = resolve_token(config.join_token, home, JOIN_TOKEN_FILE, "join token")
+        for kind, given, filename in (("admin", config.admin_token, ADMIN_TOKEN_FILE),
+                                      ("join", config.join_token, JOIN_TOKEN_FILE)):
+            what = f"{kind} token"
+            self.tokens[kind] = TokenRing(what, resolve_token(given, home, filename, what),
+                                          None if given is not None else home / filename)
+        api_key_secret = resolve_token(config.api_key_secret, home, API_KEY_SECRET_FILE, "API key secret")
         self.database_url = config.database_url or default_database_url(home)
         upgrade_database(self.database_url)
         try:
             self._engine = make_engine(self.database_url)
-            db = session_factory(self._engine)
+            db = session_factory(self._engine, api_key_secret=api_key_secret)
             metrics = ControlPlaneMetrics(self.registry, self.fleet)
             policy = ReconcilePolicy(node_timeout_s=config.node_timeout_s,
                                      rollout_timeout_s=config.rollout_timeout_s)
             self.reconciler = reconciler = Reconciler(db, self.fleet, self.routes, policy, metrics,
-                                                      sampling=self.sampling)
+                                                      sampling=self.sampling, model_routes=self.model_routes,
+                                                      semantic=self.semantic)
             pricing = PriceTable.from_file(config.price_table) if config.price_table else PriceTable()
 
             def poke() -> None:  # something changed: reconcile now, not at the next tick
@@ -191,7 +222,9 @@ class ControlPlane:
         config = self.config
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="llmctl-grpc"),
-            interceptors=[AuthInterceptor([admin_rule(self.admin_token), join_rule(self.join_token)]),
+            # Outermost first: the audit sees every admin change, refused ones included, then the token check.
+            interceptors=[AuditInterceptor(db, admin_rule(self.tokens["admin"])),
+                          AuthInterceptor([admin_rule(self.tokens["admin"]), join_rule(self.tokens["join"])]),
                           ErrorInterceptor()],
         )
         pb_grpc.add_AgentServiceServicer_to_server(
@@ -200,10 +233,15 @@ class ControlPlane:
             server)
         pb_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(db, self.fleet, on_change=poke, stopping=self._stopping, optimizer=self.optimizer,
-                          on_optimize=poke_optimizer, autoscaler=self.autoscaler), server)
+                          on_optimize=poke_optimizer, autoscaler=self.autoscaler, tokens=self.tokens,
+                          gateway_response_cache=config.response_cache_mb > 0), server)
         address = _join(config.grpc_host, config.grpc_port)
         try:
-            port = server.add_insecure_port(address)
+            if config.tls is not None:
+                port = server.add_secure_port(address, config.tls.grpc_credentials())
+            else:
+                _warn_if_exposed("gRPC", config.grpc_host, "the admin and join tokens")
+                port = server.add_insecure_port(address)
         except RuntimeError:
             port = 0
         if port == 0:
@@ -216,13 +254,21 @@ class ControlPlane:
     def _start_gateway(self, db: Any, pricing: PriceTable) -> None:
         import uvicorn
 
+        from llmctl.agent.http_guard import uvicorn_limits
         from llmctl.controlplane.gateway.app import build_gateway_app
+        from llmctl.controlplane.gateway.response_cache import ResponseCacheConfig
 
         config = self.config
         assert self.reconciler is not None
+        cache = None
+        if config.response_cache_mb > 0:
+            max_bytes = max(1, int(config.response_cache_mb * 2**20))
+            cache = ResponseCacheConfig(max_bytes=max_bytes, ttl_s=config.response_cache_ttl_s,
+                                        max_entry_bytes=min(max_bytes, ResponseCacheConfig.max_entry_bytes))
         app = build_gateway_app(routes=self.routes, db_factory=db, pricing=pricing,
                                 gpu_of=self.reconciler.gpu_of, metrics_registry=self.registry,
-                                sampler=self.sampler, hold=self.hold)
+                                sampler=self.sampler, hold=self.hold, response_cache=cache,
+                                model_routes=self.model_routes, semantic=self.semantic)
         family = socket.AF_INET6 if ":" in config.gateway_host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -234,7 +280,11 @@ class ControlPlane:
             raise Unavailable(f"cannot listen for the gateway on {where}: {e.strerror}; "
                               "pick another --gateway-host/--gateway-port") from None
         port = sock.getsockname()[1]
-        self._gateway = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
+        if config.tls is None:
+            _warn_if_exposed("the gateway", config.gateway_host, "API keys, prompts and answers")
+        tls_options = config.tls.uvicorn_options() if config.tls is not None else {}
+        self._gateway = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30,
+                                                      **tls_options, **uvicorn_limits()))
         self._gateway_thread = threading.Thread(target=self._gateway.run, kwargs={"sockets": [sock]},
                                                 name="llmctl-gateway", daemon=True)
         self._gateway_thread.start()
@@ -244,7 +294,7 @@ class ControlPlane:
                 raise Unavailable(f"the gateway did not start on port {port}; see the log above")
             time.sleep(0.02)
         host = f"[{config.gateway_host}]" if ":" in config.gateway_host else config.gateway_host
-        self.gateway_url = f"http://{host}:{port}"
+        self.gateway_url = f"{'https' if config.tls is not None else 'http'}://{host}:{port}"
 
     def stop(self, grace_s: float = 5) -> None:
         """Stop listening and close agents' streams (their replicas keep running, to be adopted later)."""
@@ -271,6 +321,25 @@ class ControlPlane:
     def wait(self) -> None:
         self._stopped.wait()
 
+    @property
+    def admin_token(self) -> str:
+        """The current admin token ("" before start)."""
+        ring = self.tokens.get("admin")
+        return ring.current if ring is not None else ""
+
+    @property
+    def join_token(self) -> str:
+        """The current join token ("" before start)."""
+        ring = self.tokens.get("join")
+        return ring.current if ring is not None else ""
+
+
+def _warn_if_exposed(what: str, host: str, secrets: str) -> None:
+    if not is_loopback(host):
+        logger.warning("%s listens on %s in plaintext: %s cross the network readable by anyone on the path; "
+                       "pass --tls-cert and --tls-key (and --client-ca for agents), see docs/operations.md",
+                       what, host, secrets)
+
 
 def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -285,6 +354,10 @@ def run_server(config: ServerConfig) -> None:
     home = config.home
     print(f"llmctl control plane\n  gRPC     {plane.grpc_address}\n  gateway  {plane.gateway_url}\n"
           f"  database {mask_url(plane.database_url)}", flush=True)
+    if config.tls is not None:
+        clients = (f"client certificates from {config.tls.client_ca} required on gRPC"
+                   if config.tls.client_ca is not None else "no client certificates asked for")
+        print(f"  tls      {config.tls.cert}; {clients}", flush=True)
     for what, given, filename in (("admin token", config.admin_token, ADMIN_TOKEN_FILE),
                                   ("join token", config.join_token, JOIN_TOKEN_FILE)):
         if given is None:

@@ -8,6 +8,7 @@ admin token): the addresses, the key, and the pids of what runs. With --detach a
 
 Children get their own process group (Ctrl-C reaches only the supervisor, which stops the agent first so
 replicas drain, then the control plane) and PR_SET_PDEATHSIG, so a killed supervisor takes them along.
+A child that dies on its own is started again with backoff while the others keep running (up_restart.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmctl.controlplane.commands.up_state import (
     LOCAL_NODE,
@@ -38,6 +39,11 @@ from llmctl.controlplane.commands.up_state import (
     write_state,
 )
 from llmctl.controlplane.errors import ControlPlaneError, InvalidArgument, Unavailable
+from llmctl.controlplane.tls import ClientTls
+from llmctl.controlplane.up_restart import ChildRestarts
+
+if TYPE_CHECKING:
+    from llmctl.controlplane.pki import LocalPki
 
 STARTUP_S = 90.0
 """Longest wait for the control plane to answer, and for the agent's node to join."""
@@ -66,8 +72,13 @@ class UpSpec:
     gateway_port: int = 8000
     grpc_port: int = 50051
     timeout_s: float = 900.0
+    tls: bool = False
+    """gRPC over mutual TLS (the agent and llmctl present certificates) and the gateway over HTTPS, all from a
+    local CA in $LLMCTL_HOME/tls made on first use (`_local_pki`)."""
     run_id: str = ""
     """Written into up.json, so the process that started this run knows the state there is this run's."""
+    response_cache_mb: float = 0.0
+    """The gateway's exact response cache (`llmctl server --response-cache-mb`); 0: off."""
 
     @property
     def control_plane(self) -> str:
@@ -76,7 +87,7 @@ class UpSpec:
     @property
     def gateway_url(self) -> str:
         host = "127.0.0.1" if self.gateway_host in ("0.0.0.0", "") else self.gateway_host
-        return f"http://{host}:{self.gateway_port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.gateway_port}"
 
     @property
     def logs(self) -> Path:
@@ -90,15 +101,20 @@ class Stack:
         self.spec, self.log = spec, log
         self.home = Path(spec.home)
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.client_tls: ClientTls | None = None
+        """With spec.tls: how this supervisor (and llmctl, through up.json) reaches the control plane."""
+        self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}
+        """Each child's arguments and extra environment, to start it again the same way."""
+        self.restarts: dict[str, ChildRestarts] = {}
 
     def run(self, announce: Callable[[dict[str, Any]], None] = lambda _state: None) -> None:
-        """Bring everything up, call announce(state), then block until a signal or a child dies."""
+        """Bring everything up, call announce(state), then block until a signal, restarting what dies."""
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
         state: dict[str, Any] = {}
         try:
             state = self.start()
             announce(state)
-            self.watch()
+            self.watch(state)
         except Stopped:
             self.log("stopping")
         except ControlPlaneError as e:
@@ -121,6 +137,9 @@ class Stack:
         admin_token = load_or_create_token(self.home / ADMIN_TOKEN_FILE, "admin token")
         join_token = load_or_create_token(self.home / JOIN_TOKEN_FILE, "join token")
         kept = read_state(self.home)
+        pki = _local_pki(spec) if spec.tls else None
+        if pki is not None:
+            self.client_tls = ClientTls(ca=pki.ca, cert=pki.admin.cert, key=pki.admin.key)
         state = {
             "state": "starting",
             "error": None,
@@ -136,6 +155,8 @@ class Stack:
             "tenant": kept.get("tenant"),
             "pids": {"supervisor": os.getpid()},
             "pid_start_times": {str(os.getpid()): start_time(os.getpid())},
+            # What llmctl presents to this control plane (common.resolve_client_tls reads it).
+            "tls": {"ca": str(pki.ca), "cert": str(pki.admin.cert), "key": str(pki.admin.key)} if pki else None,
         }
         write_state(self.home, state)
         self.log(f"starting the control plane (gRPC {spec.control_plane}, gateway {spec.gateway_url})")
@@ -152,12 +173,15 @@ class Stack:
                 spec.gateway_host,
                 "--gateway-port",
                 str(spec.gateway_port),
+                *(["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key), "--client-ca", str(pki.ca)]
+                  if pki else []),
+                *(["--response-cache-mb", str(spec.response_cache_mb)] if spec.response_cache_mb else []),
             ],
             {},
         )
         from llmctl.controlplane.client import AdminClient
 
-        with AdminClient(spec.control_plane, admin_token, timeout_s=5.0) as client:
+        with AdminClient(spec.control_plane, admin_token, timeout_s=5.0, tls=self.client_tls) as client:
             self._until("the control plane answers", lambda: client.list_nodes() is not None, STARTUP_S)
             self.log(f"starting agent {LOCAL_NODE!r}")
             self._spawn(
@@ -171,6 +195,7 @@ class Stack:
                     LOCAL_NODE,
                     "--log-dir",
                     str(spec.logs / "replicas"),
+                    *(["--ca", str(pki.ca), "--cert", str(pki.agent.cert), "--key", str(pki.agent.key)] if pki else []),
                     # No --max-replicas: the node takes one replica per core (per GPU), each pinned to its own
                     # cores, so that scaling out never means less service (agent/cpu_slots.py).
                 ],
@@ -196,15 +221,40 @@ class Stack:
         write_state(self.home, state)
         return state
 
-    def watch(self) -> None:
+    def watch(self, state: dict[str, Any]) -> None:
+        """Until a signal: start any child that dies again, with backoff (up_restart.py). The others keep
+        running, so the replicas serve on while the control plane restarts."""
         while True:
-            for name, child in self.children.items():
-                if child.poll() is not None:
-                    raise UpFailed(
-                        f"the {name} exited unexpectedly (code {child.returncode}): "
-                        f"{log_tail(self.spec.logs / f'{name}.log')}"
+            now = time.monotonic()
+            for name, child in list(self.children.items()):
+                restarts = self.restarts.setdefault(name, ChildRestarts())
+                if restarts.restart_at is None and child.poll() is not None:
+                    delay = restarts.died(child.returncode, now)
+                    self.log(
+                        f"the {name} (pid {child.pid}) exited ({restarts.last_exit}); restarting it in "
+                        f"{delay:g} s: {log_tail(self.spec.logs / f'{name}.log')}"
                     )
-            time.sleep(0.5)
+                    self._record_restarts(state)
+                elif restarts.restart_at is not None and now >= restarts.restart_at:
+                    self._restart(state, name, restarts)
+            time.sleep(0.2)
+
+    def _restart(self, state: dict[str, Any], name: str, restarts: ChildRestarts) -> None:
+        state["pid_start_times"].pop(str(self.children[name].pid), None)
+        with open(self.spec.logs / f"{name}.log", "a") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} llmctl up: restarting the {name} "
+                      f"(it exited: {restarts.last_exit})\n")
+        args, env = self.commands[name]
+        self._spawn(state, name, args, env)
+        restarts.restarted(time.monotonic())
+        self.log(f"restarted the {name} (pid {self.children[name].pid}, restart {restarts.restarts})")
+        self._record_restarts(state)
+
+    def _record_restarts(self, state: dict[str, Any]) -> None:
+        state["restarts"] = {name: r.as_state() for name, r in self.restarts.items()}
+        waiting = any(r.restart_at is not None for r in self.restarts.values())
+        state["state"] = "restarting" if waiting else "ready"
+        write_state(self.home, state)
 
     def stop(self) -> None:
         """Agent first (it drains and stops its replicas), then the control plane; nothing survives."""
@@ -229,6 +279,7 @@ class Stack:
                 close_fds=True,
             )
         self.children[name] = child
+        self.commands[name] = (args, env)
         state["pids"][name] = child.pid
         state["pid_start_times"][str(child.pid)] = start_time(child.pid)
         write_state(self.home, state)
@@ -283,6 +334,7 @@ class Stack:
                     f"{self.spec.gateway_url}/v1/models",
                     timeout=5,
                     trust_env=False,
+                    verify=self.client_tls.ssl_context() if self.client_tls is not None else True,
                     headers={"authorization": f"Bearer {key}"},
                 )
                 return answer.status_code == 200
@@ -364,6 +416,18 @@ def down(home: Path, log: Callable[[str], None]) -> list[str]:
             stopped.append(name)
     clear_pids(home)
     return stopped
+
+
+def _local_pki(spec: UpSpec) -> LocalPki:
+    """$LLMCTL_HOME/tls: the CA, and certificates for the server (loopback and the gateway's address), the local
+    agent and the operator; made the first time, re-issued when missing or near expiry."""
+    import socket
+
+    from llmctl.controlplane.pki import local_pki
+
+    wildcard = spec.gateway_host in ("0.0.0.0", "::", "")
+    hosts = [socket.gethostname(), socket.getfqdn()] if wildcard else [spec.gateway_host]
+    return local_pki(Path(spec.home) / "tls", server_hosts=hosts, agent=LOCAL_NODE, admin="admin")
 
 
 def _node_healthy(client: Any, name: str) -> bool:

@@ -108,15 +108,40 @@ w8a16_linear_packed = quant_cpu.w8a16_linear
 awq_packable = quant_cpu.awq_packable
 prepack_awq = quant_cpu.prepack_awq
 awq_linear_packed = quant_cpu.awq_linear
-linear = reference.linear
-prepack_linear_weight = reference.prepack_linear_weight
+# Dense bf16 weights on CPU: llmctl's blocked layout, read in place by the C++ kernel (faster than oneDNN's packed
+# GEMM up to ~128 rows, where decode lives; 4-7% slower on prefill's thousands of rows, see cpu.pack_bf16), or
+# oneDNN's (`LLMCTL_DENSE_LINEAR=onednn`, for side-by-side measurements; and always under a forced backend).
+DENSE_LINEAR = os.environ.get("LLMCTL_DENSE_LINEAR", "llmctl")
+if DENSE_LINEAR not in ("llmctl", "onednn"):
+    raise ValueError(f"LLMCTL_DENSE_LINEAR must be llmctl or onednn, got {DENSE_LINEAR!r}")
+
+
+def prepack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A dense [out, in] weight in the layout its CPU matmul reads fastest (same values, not saveable): llmctl's
+    blocked bf16 layout (3-D) where the C++ kernel takes it, else oneDNN's packed layout where oneDNN has one,
+    else the weight as it is."""
+    if (BACKEND == "auto" and DENSE_LINEAR == "llmctl" and weight.device.type == "cpu"
+            and weight.dtype == torch.bfloat16 and weight.dim() == 2 and cpu.quant_packable(*reversed(weight.shape))
+            and cpu.available() and cpu.quant_linear_available()):
+        return cpu.pack_bf16(weight)
+    return reference.prepack_linear_weight(weight)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] @ weight^T (+ bias), for a weight as prepack_linear_weight left it."""
+    if weight.dim() == 3:
+        return cpu.quant_linear(x, weight, None, 0, bias)
+    return reference.linear(x, weight, bias)
+
+
 # Every decoder layer of a step in one C++ call, for models whose layers all fit it (see cpu.decoder_layers).
 DecoderPlan = cpu.DecoderPlan
 LinearArgs = cpu.LinearArgs
-LINEAR_ONEDNN, LINEAR_DENSE, LINEAR_INT8, LINEAR_INT4 = (
-    cpu.LINEAR_ONEDNN, cpu.LINEAR_DENSE, cpu.LINEAR_INT8, cpu.LINEAR_INT4
+LINEAR_ONEDNN, LINEAR_DENSE, LINEAR_INT8, LINEAR_INT4, LINEAR_BF16 = (
+    cpu.LINEAR_ONEDNN, cpu.LINEAR_DENSE, cpu.LINEAR_INT8, cpu.LINEAR_INT4, cpu.LINEAR_BF16
 )
 decoder_layers = cpu.decoder_layers
+in_huge_pages = cpu.in_huge_pages
 CPU_DTYPES = cpu.DTYPES
 
 

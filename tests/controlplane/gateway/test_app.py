@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmctl.controlplane.db.session import make_engine, session_factory
+from llmctl.controlplane.gateway.pricing import PriceTable
 from llmctl.controlplane.gateway.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -181,3 +183,23 @@ def test_an_unreachable_postgres_is_a_503_too(make_gateway, replicas):
     r = post(gateway, "llmctl-0123456789abcdef", {"model": "tiny", "prompt": PROMPT})
     assert r.status_code == 503
     assert "cannot check the API key: cannot use the database at postgresql+psycopg://" in r.json()["error"]["message"]
+
+
+def test_a_non_streamed_request_is_billed_for_its_generation_time(make_gateway, make_tenant):
+    # A replica sends a non-streamed answer's headers only when the whole answer is generated: the billed
+    # replica time must start at the send, not at the headers (it was ~0 before, 1e-8 $ per request).
+    gateway = make_gateway(pricing=PriceTable())
+    key = make_tenant("billed")
+    started = time.perf_counter()
+    complete(gateway, key, max_tokens=200)
+    elapsed = time.perf_counter() - started
+    deadline = time.monotonic() + 10
+    while True:  # usage rows are written by a worker thread just after the answer
+        rows = httpx.get(gateway.url + "/v1/usage", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    (row,) = rows
+    cost = row["cost_usd"]
+    per_second = PriceTable().hourly(None) / 3600
+    assert 0.5 * elapsed * per_second <= cost <= elapsed * per_second

@@ -122,3 +122,9 @@ def test_prompt_key_renders_chat_roles_and_token_ids():
     assert prompt_key("chat", chat) == "system\nbe brief\nuser\nhi\n"
     assert prompt_key("completion", {"prompt": [[5, 6, 7]]}) == "5 6 7"
     assert prompt_key("completion", {"prompt": "x" * 1000}, chars=10) == "x" * 10
+
+
+def test_prompt_key_skips_content_parts_whose_text_is_not_a_string():
+    # Found by the gateway's schemathesis run: a part with "text": [null, null] was a TypeError and a 500.
+    chat = {"messages": [{"role": "user", "content": [{"type": "", "text": [None, None]}, {"text": "ok"}, 7]}]}
+    assert prompt_key("chat", chat) == "user\nok\n"

@@ -68,9 +68,10 @@ def test_answered_requests_leave_their_shape_with_the_replicas_token_counts(gate
     first, second, _ = recorded
     assert first.shared_prefix_tokens == 0
     assert 0.5 * second.prompt_tokens < second.shared_prefix_tokens < second.prompt_tokens
-    # Nothing but numbers and the deployment's name is kept.
+    # Nothing but numbers, keyed hashes (tests/controlplane/gateway/test_prompts.py) and the deployment's name.
     assert set(TrafficSample.__table__.columns.keys()) == {
-        "id", "deployment_name", "arrived_at", "prompt_tokens", "completion_tokens", "shared_prefix_tokens"}
+        "id", "deployment_name", "arrived_at", "prompt_tokens", "completion_tokens", "shared_prefix_tokens",
+        "shared_prefix_hash", "system_prompt_tokens", "system_prompt_hash"}
 
 
 @sqlite
@@ -111,7 +112,7 @@ def test_the_tracker_counts_leading_chunks_seen_before_per_deployment():
     edited = text[:3 * CHUNK_CHARS] + "X" + text[3 * CHUNK_CHARS + 1:]
     assert tracker.observe("a", edited) == 3
     # In tokens, in proportion to the characters shared.
-    assert tracker.shared_prefix_tokens("a", text + "x" * (2 * CHUNK_CHARS), 100) == 80
+    assert tracker.shared_prefix("a", text + "x" * (2 * CHUNK_CHARS), 100).tokens == 80
     # Shorter than one chunk: never counted as shared.
     assert tracker.observe("a", "short") == tracker.observe("a", "short") == 0
 

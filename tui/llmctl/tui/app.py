@@ -75,6 +75,9 @@ class DashboardApp(ActionsMixin, App[None]):
 
     # -- data ---------------------------------------------------------------------------------------------
     def _dashboard_screens(self) -> list[DashboardScreen]:
+        if not self.is_running:
+            # Shutting down: the screens' widgets are being removed while the feed's last messages are handled.
+            return []
         return [s for s in self.screen_stack if isinstance(s, DashboardScreen) and s.is_mounted]
 
     @on(FleetUpdated)

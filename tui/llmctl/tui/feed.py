@@ -24,6 +24,7 @@ from textual.message import Message
 
 from llmctl.controlplane.client import AdminClient, EventWatch
 from llmctl.controlplane.errors import ControlPlaneError, Forbidden, NotFound, Unauthenticated, Unavailable
+from llmctl.controlplane.tls import ClientTls
 from llmctl.tui.messages import (
     Connection,
     ConnectionChanged,
@@ -67,7 +68,7 @@ class Feed(Protocol):
 class LiveFeed:
     def __init__(self, address: str, admin_token: str, *, poll_interval_s: float = 2.0,
                  retry_max_s: float = 5.0, call_timeout_s: float = 10.0,
-                 backlog: int = BACKLOG_EVENTS) -> None:
+                 backlog: int = BACKLOG_EVENTS, tls: ClientTls | None = None) -> None:
         if not poll_interval_s > 0:
             raise ValueError(f"poll interval must be > 0 seconds, got {poll_interval_s!r}")
         self.address = address
@@ -76,6 +77,7 @@ class LiveFeed:
         self.call_timeout_s = call_timeout_s
         self.backlog = backlog
         self._token = admin_token
+        self._tls = tls
         self._lock = threading.Lock()
         self._client: AdminClient | None = None
         self._watch: EventWatch | None = None
@@ -210,7 +212,7 @@ class LiveFeed:
                 # Its own connection: a shared one would carry a failed connection's reconnect backoff (up to
                 # two minutes) and not see a control plane that came back.
                 self._client = AdminClient(
-                    self.address, self._token, timeout_s=self.call_timeout_s, own_connection=True
+                    self.address, self._token, timeout_s=self.call_timeout_s, own_connection=True, tls=self._tls
                 )
             return self._client
 

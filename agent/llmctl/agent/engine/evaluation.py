@@ -58,6 +58,9 @@ class EvalResult:
     top1_agreement: float
     accuracy: float | None
     accuracy_by_category: dict[str, float] = field(default_factory=dict)
+    item_correct: list[int] = field(default_factory=list)
+    """1 or 0 per multiple-choice item, in the set's order: the optimizer's judge pairs the candidate's items
+    with the reference's to tell a real accuracy loss from a few flipped items."""
     num_tokens: int = 0
     num_items: int = 0
     quantization: str | None = None
@@ -121,6 +124,7 @@ class _Side:
         self.kl = 0.0
         self.agree = 0
         self.correct: dict[str, list[int]] = {}
+        self.verdicts: list[int] = []
 
 
 def evaluate(candidate, reference, options: EvalOptions = EvalOptions(), progress=None) -> dict[str, EvalResult]:
@@ -155,6 +159,7 @@ def evaluate(candidate, reference, options: EvalOptions = EvalOptions(), progres
             for side in (ref, cand):
                 for item, ok in zip(batch, _score_items(side.engine, tokenizer, batch), strict=True):
                     side.correct.setdefault(item.category, []).append(int(ok))
+                    side.verdicts.append(int(ok))
             if progress:
                 progress(len(windows) + start + len(batch), total, "multiple choice")
     ref.agree = n
@@ -196,6 +201,7 @@ def _result(side: _Side, n: int, num_items: int) -> EvalResult:
         top1_agreement=side.agree / n,
         accuracy=(sum(flat) / len(flat)) if flat else None,
         accuracy_by_category={c: sum(v) / len(v) for c, v in sorted(side.correct.items())},
+        item_correct=list(side.verdicts),
         num_tokens=n,
         num_items=num_items,
         quantization=info.quantization,

@@ -24,6 +24,7 @@ fades, so it is tried again when the shared rates say a draft like its next one 
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -53,6 +54,10 @@ MARGIN = 1.25
 """A draft must promise 25% more than it costs: the cost curve misses part of a real step (attention over long
 contexts), and a draft that only breaks even is a risk for nothing."""
 CURVE_ROWS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384)
+KEEP_EVERY_DRAFT = False
+"""True keeps a draft model that can never pay (tests that must verify drafts from a draft as big as the target)."""
+
+log = logging.getLogger("llmctl.engine")
 
 
 @dataclass
@@ -315,9 +320,19 @@ class SpeculativeDecoder:
         self._shared(state.key).record(drafted, accepted, SHARED_MEMORY)
 
 
-def make_speculator(config, draft, runner, dtype: torch.dtype) -> SpeculativeDecoder:
+def draft_can_pay(seconds_per_draft: float, cost: StepCost) -> bool:
+    """Whether a draft model is cheap enough to ever be worth a draft. A drafted token adds at most one token,
+    and at batch 1 costs a draft forward plus a row of the target's step, so choose_drafts takes none while
+    MARGIN x the draft forward reaches the target's one-row step; at larger batches the draft's forward grows
+    with its rows as the target's does. A draft as big as the target (or a 4-bit copy that runs no faster) is
+    such a model: kept, it would only hold memory and planning time."""
+    return MARGIN * seconds_per_draft < cost(1)
+
+
+def make_speculator(config, draft, runner, dtype: torch.dtype) -> SpeculativeDecoder | None:
     """The engine's speculator: its proposer (prompt lookup, or the loaded draft model with a pool of the target's
-    blocks) and the step-cost curve measured now through the target's runner."""
+    blocks) and the step-cost curve measured now through the target's runner. None, with a warning, for a draft
+    model that cannot pay (draft_can_pay): the engine then decodes plainly, as the budget would have anyway."""
     if draft is not None:
         from llmctl.agent.engine.draft_model import DraftModelProposer
 
@@ -333,5 +348,13 @@ def make_speculator(config, draft, runner, dtype: torch.dtype) -> SpeculativeDec
         runner.score([[(i * 7 + 11) % 1000 for i in range(n)] for n in [16] * (rows // 16) + [rows % 16] if n])
 
     max_rows = min(config.max_num_batched_tokens, config.max_num_seqs * (1 + config.num_speculative_tokens))
-    return SpeculativeDecoder(config.num_speculative_tokens, proposer,
-                              StepCost.measure(forward, max_rows))
+    cost = StepCost.measure(forward, max_rows)
+    if draft is not None and not KEEP_EVERY_DRAFT and not draft_can_pay(proposer.seconds_per_forward, cost):
+        log.warning(
+            "speculative decoding off: a forward of the draft model (%s) takes %.1f ms, %.0f%% of the target's "
+            "one-row step (%.1f ms), so no draft could pay for itself; use a draft at most %.0f%% as costly",
+            config.speculative_model or f"{config.model} (4-bit AWQ)", 1e3 * proposer.seconds_per_forward,
+            100 * proposer.seconds_per_forward / cost(1), 1e3 * cost(1), 100 / MARGIN,
+        )
+        return None
+    return SpeculativeDecoder(config.num_speculative_tokens, proposer, cost)

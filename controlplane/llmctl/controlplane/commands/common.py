@@ -29,8 +29,12 @@ from llmctl.controlplane.errors import (
 
 if TYPE_CHECKING:
     from llmctl.controlplane.client import AdminClient
+    from llmctl.controlplane.tls import ClientTls
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:50051"
+_tls_flags: tuple[Path | None, Path | None, Path | None] = (None, None, None)
+"""`llmctl --ca --cert --key`, set by the root command's callback on every invocation before the subcommand runs
+(one process runs one command; a test's CliRunner runs the callback again each time)."""
 UP_FILE = "up.json"
 ADMIN_TOKEN_FILE = "admin_token"
 EXIT_SYSTEM = 1
@@ -66,6 +70,21 @@ AdminTokenOpt = Annotated[
         f"else $LLMCTL_HOME/{UP_FILE})",
         show_default=False,
     ),
+]
+
+
+CaOpt = Annotated[
+    Path | None,
+    typer.Option("--ca", envvar="LLMCTL_CA", show_default=False,
+                 help="CA certificate that signed the control plane's (its gRPC speaks TLS)"),
+]
+CertOpt = Annotated[
+    Path | None,
+    typer.Option("--cert", envvar="LLMCTL_CERT", show_default=False,
+                 help="Client certificate, for a control plane that requires one (--client-ca); with --key"),
+]
+KeyOpt = Annotated[
+    Path | None, typer.Option("--key", envvar="LLMCTL_KEY", show_default=False, help="The client certificate's key"),
 ]
 
 
@@ -119,14 +138,40 @@ def resolve_admin_token(given: str | None) -> str:
     return token
 
 
+def remember_tls_flags(ca: Path | None, cert: Path | None, key: Path | None) -> None:
+    """The root command's --ca/--cert/--key, for resolve_client_tls in whichever subcommand runs."""
+    global _tls_flags
+    _tls_flags = (ca, cert, key)
+
+
+def resolve_client_tls(address: str) -> ClientTls | None:
+    """TLS for `address`: `llmctl --ca/--cert/--key` (or $LLMCTL_CA, $LLMCTL_CERT, $LLMCTL_KEY), else what
+    `llmctl up --tls` recorded in up.json when address is that control plane's, else None (plaintext)."""
+    from llmctl.controlplane.errors import InvalidArgument
+    from llmctl.controlplane.tls import ClientTls
+
+    ca, cert, key = _tls_flags
+    up = read_up_file()
+    if ca is None and cert is None and key is None and isinstance(up.get("tls"), dict) \
+            and up.get("control_plane") == address:
+        ca, cert, key = (Path(up["tls"][k]) if up["tls"].get(k) else None for k in ("ca", "cert", "key"))
+    if ca is None and cert is None and key is None:
+        return None
+    try:
+        return ClientTls(ca=ca, cert=cert, key=key)
+    except InvalidArgument as e:
+        fail(e.message)
+
+
 @contextmanager
 def admin_client(control_plane: str | None, admin_token: str | None) -> Iterator[AdminClient]:
     """A connected AdminClient; any control-plane error inside the block becomes one line and an exit code."""
     address = resolve_control_plane(control_plane)
     token = resolve_admin_token(admin_token)
+    tls = resolve_client_tls(address)
     from llmctl.controlplane.client import AdminClient
 
-    client = AdminClient(address, token)
+    client = AdminClient(address, token, tls=tls)
     try:
         with reported_errors():
             yield client

@@ -15,6 +15,7 @@ from llmctl.controlplane.commands.common import (
     ControlPlaneOpt,
     fail,
     resolve_admin_token,
+    resolve_client_tls,
     resolve_control_plane,
 )
 
@@ -41,10 +42,11 @@ def dashboard(
         fail(f"--refresh must be between 0.1 and 3600 seconds, got {refresh:g}")
     address = resolve_control_plane(control_plane)
     token = resolve_admin_token(admin_token)
+    tls = resolve_client_tls(address)
     from llmctl.tui.app import DashboardApp
     from llmctl.tui.feed import LiveFeed
 
-    DashboardApp(LiveFeed(address, token, poll_interval_s=refresh)).run()
+    DashboardApp(LiveFeed(address, token, poll_interval_s=refresh, tls=tls)).run()
 
 
 if __name__ == "__main__":  # before it is mounted on `llmctl`: python -m controlplane.commands.dashboard

@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
     app.command("revisions")(revisions)
     app.command("status")(status)
     app.command("scale")(scale)
+    app.command("cache")(cache)
 
 
 def deploy(
@@ -361,6 +362,46 @@ def scale(
             deployment = _wait(client, name, deployment.revision, after, timeout, output)
     if output == Output.json:
         print_json(deployment_dict(deployment))
+
+
+def cache(
+    name: Annotated[str, typer.Argument(help="Deployment name")],
+    semantic: Annotated[
+        str,
+        typer.Option("--semantic", help="The semantic response cache: on (the default threshold), off, or a "
+                                        "cosine-similarity threshold in (0, 1], e.g. 0.97"),
+    ],
+    output: OutputOpt = Output.table,
+    control_plane: ControlPlaneOpt = None,
+    admin_token: AdminTokenOpt = None,
+) -> None:
+    """Let the gateway answer reworded questions to a deployment from its response cache (docs/caching.md).
+
+    Needs the exact cache (`llmctl server --response-cache-mb N`): without it the setting is kept but unused.
+    Takes effect at the next reconcile pass.
+    """
+    from llmctl.controlplane.gateway.semantic_cache import DEFAULT_THRESHOLD
+
+    choice = semantic.strip().lower()
+    if choice in ("on", "off"):
+        threshold = DEFAULT_THRESHOLD if choice == "on" else None
+    else:
+        try:
+            threshold = float(choice)
+        except ValueError:
+            threshold = -1.0
+        if not 0 < threshold <= 1:
+            fail(f"--semantic must be on, off or a similarity in (0, 1], got {semantic!r}")
+    with admin_client(control_plane, admin_token) as client:
+        response = client.set_semantic_cache(name, threshold)
+    deployment = response.deployment
+    stored = deployment.semantic_cache_threshold if deployment.HasField("semantic_cache_threshold") else None
+    if output == Output.json:
+        print_json({"name": deployment.name, "semantic_cache_threshold": stored, "warning": response.warning or None})
+    else:
+        typer.echo(f"{name}: semantic cache " + (f"on at similarity {stored:g}" if stored is not None else "off"))
+    if response.warning:
+        typer.echo(f"warning: {response.warning}", err=True)
 
 
 def fleet_room(nodes: list[Any], deployments: list[Any], name: str) -> int:

@@ -8,7 +8,19 @@ from typing import Annotated
 
 import typer
 
-from llmctl.controlplane.commands.common import EXIT_SYSTEM, fail, home, reported_errors
+from llmctl.controlplane.commands.common import (
+    EXIT_SYSTEM,
+    CaOpt,
+    CertOpt,
+    KeyOpt,
+    Output,
+    OutputOpt,
+    fail,
+    home,
+    print_json,
+    print_table,
+    reported_errors,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,6 +28,7 @@ def register(app: typer.Typer) -> None:
     app.command("agent")(agent)
     app.command("up")(up)
     app.command("down")(down)
+    app.command("ps")(ps)
 
 
 def server(
@@ -51,6 +64,16 @@ def server(
             help="Default: read (or create) $LLMCTL_HOME/join_token",
         ),
     ] = None,
+    api_key_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--api-key-secret-file",
+            envvar="LLMCTL_API_KEY_SECRET_FILE",
+            show_default=False,
+            help="File holding the HMAC key API keys are hashed with; every control plane on one database "
+            "needs the same (default: read, or create, $LLMCTL_HOME/api_key_secret)",
+        ),
+    ] = None,
     node_timeout: Annotated[
         float, typer.Option("--node-timeout", help="Seconds without a heartbeat before a node is unhealthy")
     ] = 15.0,
@@ -70,20 +93,49 @@ def server(
         typer.Option("--traffic-retention",
                      help="Seconds recorded traffic (request shapes, no content; `llmctl traffic`) is kept"),
     ] = 7 * 24 * 3600.0,
+    response_cache_mb: Annotated[
+        float,
+        typer.Option("--response-cache-mb",
+                     help="MiB for the gateway's exact response cache of deterministic requests (0: off; "
+                     "docs/caching.md)"),
+    ] = 0.0,
+    response_cache_ttl: Annotated[
+        float, typer.Option("--response-cache-ttl", help="Seconds a cached answer may be served")
+    ] = 3600.0,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", show_default=False,
+                     help="Serve gRPC and the gateway over TLS with this certificate (PEM; `llmctl certs server`)"),
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", show_default=False, help="Its private key")] = None,
+    client_ca: Annotated[
+        Path | None,
+        typer.Option("--client-ca", show_default=False,
+                     help="Require gRPC callers (agents, llmctl) to present a certificate this CA signed"),
+    ] = None,
 ) -> None:
     """Run the control plane: gRPC for agents and llmctl, the OpenAI-compatible gateway, the reconciler."""
     for flag, port in (("--grpc-port", grpc_port), ("--gateway-port", gateway_port)):
         if not 0 <= port < 65536:
             fail(f"{flag} must be a port between 0 and 65535, got {port}")
     for flag, seconds in (("--node-timeout", node_timeout), ("--rollout-timeout", rollout_timeout),
-                          ("--quality-retention", quality_retention), ("--traffic-retention", traffic_retention)):
+                          ("--quality-retention", quality_retention), ("--traffic-retention", traffic_retention),
+                          ("--response-cache-ttl", response_cache_ttl)):
         if not seconds > 0:
             fail(f"{flag} must be a number of seconds > 0, got {seconds}")
     if price_table is not None and not price_table.is_file():
         fail(f"--price-table {price_table} is not a file")
+    if not response_cache_mb >= 0:
+        fail(f"--response-cache-mb must be a number of MiB >= 0 (0: off), got {response_cache_mb}")
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together: pass both, or neither for plaintext")
+    if client_ca is not None and tls_cert is None:
+        fail("--client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
     from llmctl.controlplane.server import ServerConfig, run_server
+    from llmctl.controlplane.tls import ServerTls
 
     with reported_errors():
+        tls = ServerTls(tls_cert, tls_key, client_ca) if tls_cert is not None and tls_key is not None else None
         config = ServerConfig(
             database_url=database_url,
             grpc_host=grpc_host,
@@ -92,16 +144,27 @@ def server(
             gateway_port=gateway_port,
             admin_token=admin_token,
             join_token=join_token,
+            api_key_secret=_read_secret(api_key_secret_file) if api_key_secret_file else None,
             node_timeout_s=node_timeout,
             rollout_timeout_s=rollout_timeout,
             price_table=str(price_table) if price_table else None,
             quality_retention_s=quality_retention,
             traffic_retention_s=traffic_retention,
+            response_cache_mb=response_cache_mb,
+            response_cache_ttl_s=response_cache_ttl,
+            tls=tls,
         )
         try:
             run_server(config)
         except (OSError, RuntimeError) as e:  # e.g. a port already in use
             fail(f"the control plane could not start: {e}", EXIT_SYSTEM)
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        fail(f"--api-key-secret-file {path}: {e.strerror}")
 
 
 def agent(
@@ -129,11 +192,17 @@ def agent(
     log_dir: Annotated[
         Path | None, typer.Option("--log-dir", help="Replica logs (default: $LLMCTL_HOME/logs/replicas)")
     ] = None,
+    ca: CaOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Run this host's agent: join the control plane, report telemetry, run the replicas it is given."""
     from llmctl.agent.daemon import AgentConfig, AgentConfigError, run_agent
+    from llmctl.controlplane.errors import InvalidArgument
+    from llmctl.controlplane.tls import ClientTls
 
     try:
+        tls = ClientTls(ca=ca, cert=cert, key=key) if ca or cert or key else None
         config = AgentConfig(
             control_plane=control_plane,
             join_token=join_token,
@@ -141,9 +210,12 @@ def agent(
             max_replicas=max_replicas,
             replica_host=replica_host,
             log_dir=log_dir,
+            tls=tls,
         )
     except AgentConfigError as e:
         fail(str(e))
+    except InvalidArgument as e:
+        fail(e.message)
     run_agent(config)
 
 
@@ -164,9 +236,21 @@ def up(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the model to serve")
     ] = 900.0,
+    tls: Annotated[
+        bool | None,
+        typer.Option("--tls/--no-tls", show_default=False,
+                     help="Mutual TLS on gRPC and HTTPS on the gateway, from a local CA in $LLMCTL_HOME/tls "
+                     "(default: on when --gateway-host is not a loopback address)"),
+    ] = None,
+    response_cache_mb: Annotated[
+        float,
+        typer.Option("--response-cache-mb",
+                     help="MiB for the gateway's exact response cache of deterministic requests (0: off)"),
+    ] = 0.0,
 ) -> None:
     """Run a control plane, one agent and a model on this machine; print the URL, an API key and the admin
     token. Ctrl-C (or `llmctl down` with --detach) stops everything."""
+    from llmctl.controlplane.tls import is_loopback
     from llmctl.controlplane.up import UpSpec, check_can_start, spawn_detached
 
     for flag, port in (("--gateway-port", gateway_port), ("--grpc-port", grpc_port)):
@@ -176,6 +260,8 @@ def up(
         fail("--gateway-port and --grpc-port must differ")
     if not 1 <= replicas <= 64:
         fail(f"--replicas must be between 1 and 64, got {replicas}")
+    if not response_cache_mb >= 0:
+        fail(f"--response-cache-mb must be a number of MiB >= 0 (0: off), got {response_cache_mb}")
     model_ref, default_name = _resolve_model(model)
     spec = UpSpec(
         model=model_ref,
@@ -186,7 +272,9 @@ def up(
         gateway_port=gateway_port,
         grpc_port=grpc_port,
         timeout_s=timeout,
+        tls=tls if tls is not None else not is_loopback(gateway_host),
         run_id=secrets.token_hex(8),
+        response_cache_mb=response_cache_mb,
     )
     with reported_errors():
         from llmctl.controlplane.services import check_name
@@ -209,6 +297,49 @@ def down() -> None:
     folder = home()
     stopped = stop_all(folder, _progress)
     typer.echo("stopped " + ", ".join(stopped) if stopped else f"llmctl is not up in {folder}")
+
+
+def ps(output: OutputOpt = Output.table) -> None:
+    """What `llmctl up` runs here: each process, whether it runs, and how often it was restarted."""
+    from llmctl.controlplane.commands.render import ago
+    from llmctl.controlplane.commands.up_state import live_pids, read_state
+
+    folder = home()
+    state = read_state(folder)
+    running = live_pids(state)
+    restarts = state.get("restarts") or {}
+    found = []
+    for name in ("supervisor", "server", "agent"):
+        record = restarts.get(name) or {}
+        if name in running:
+            process_state = "running"
+        elif record.get("waiting") and "supervisor" in running:
+            process_state = "restarting"
+        else:
+            process_state = "stopped"
+        found.append({
+            "name": name,
+            "pid": running.get(name),
+            "state": process_state,
+            "restarts": record.get("count", 0),
+            "last_exit": record.get("last_exit"),
+            "last_exit_at": record.get("last_exit_at"),
+        })
+    if output == Output.json:
+        print_json({"state": state.get("state"), "home": str(folder), "processes": found})
+        return
+    if not state:
+        typer.echo(f"llmctl was never up in {folder}")
+        return
+    print_table(
+        f"llmctl up in {folder}: {state.get('state')}",
+        ["PROCESS", "PID", "STATE", "RESTARTS", "LAST EXIT"],
+        [
+            [p["name"], p["pid"], p["state"], p["restarts"],
+             p["last_exit"] and f"{p['last_exit']}, {ago(p['last_exit_at'])}"]
+            for p in found
+        ],
+    )
 
 
 def _resolve_model(model: str) -> tuple[str, str]:
@@ -246,8 +377,12 @@ def _announce(state: dict, *, detached: bool) -> None:
     typer.echo(f"  API key (tenant {state['tenant']}): {key}")
     typer.echo(f"  admin token:     {state['admin_token']}")
     typer.echo(f"  control plane:   {state['control_plane']}    logs: {state['logs']}")
+    tls = state.get("tls") or {}
+    if tls:
+        typer.echo(f"  TLS CA:          {tls['ca']}    (llmctl finds it through up.json)")
+    cacert = f"--cacert {tls['ca']} " if tls else ""
     typer.echo(
-        f"  try: curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+        f"  try: curl {cacert}{url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
         "-H 'Content-Type: application/json' \\"
     )
     typer.echo(

@@ -172,6 +172,7 @@ def tenant_dict(tenant: Any) -> dict[str, Any]:
         "tpm": tenant.tpm,
         "monthly_tokens": tenant.monthly_tokens,
         "quality_opt_out": tenant.quality_opt_out,
+        "cache_sampled": tenant.cache_sampled,
         "created_at": tenant.created_at,
     }
 

@@ -73,20 +73,27 @@ def update(
         typer.Option("--quality-opt-out/--quality-opt-in",
                      help="Stop (and delete) or allow storing this tenant's requests as quality samples"),
     ] = None,
+    cache_sampled: Annotated[
+        bool | None,
+        typer.Option("--cache-sampled/--no-cache-sampled",
+                     help="Let the gateway's exact response cache answer this tenant's sampled requests too "
+                     "(by default only deterministic ones: temperature 0, top_k 1 or a seed)"),
+    ] = None,
     output: OutputOpt = Output.table,
     control_plane: ControlPlaneOpt = None,
     admin_token: AdminTokenOpt = None,
 ) -> None:
     """Change a tenant's settings; opting out of quality sampling deletes its stored samples."""
-    if quality_opt_out is None:
-        fail("nothing to change: give --quality-opt-out or --quality-opt-in")
+    if quality_opt_out is None and cache_sampled is None:
+        fail("nothing to change: give --quality-opt-out/--quality-opt-in or --cache-sampled/--no-cache-sampled")
     with admin_client(control_plane, admin_token) as client:
-        tenant = client.update_tenant(name, quality_opt_out=quality_opt_out)
+        tenant = client.update_tenant(name, quality_opt_out=quality_opt_out, cache_sampled=cache_sampled)
     if output == Output.json:
         print_json(tenant_dict(tenant))
         return
     typer.echo(f"tenant {tenant.name}: " + ("opted out of" if tenant.quality_opt_out else "opted in to")
-               + " quality sampling")
+               + " quality sampling; the response cache answers "
+               + ("every cacheable request" if tenant.cache_sampled else "deterministic requests only"))
 
 
 @tenants_app.command("list")

@@ -125,7 +125,8 @@ def _running(process: Any) -> bool:
 def inherited_env() -> dict[str, str]:
     """The environment minus the variables `llmctl server`/`agent` read as flags: an operator's exported
     LLMCTL_JOIN_TOKEN or LLMCTL_DATABASE_URL must not point this local stack somewhere else."""
-    flags = ("LLMCTL_JOIN_TOKEN", "LLMCTL_DATABASE_URL", "LLMCTL_CONTROL_PLANE", "LLMCTL_ADMIN_TOKEN")
+    flags = ("LLMCTL_JOIN_TOKEN", "LLMCTL_DATABASE_URL", "LLMCTL_CONTROL_PLANE", "LLMCTL_ADMIN_TOKEN", "LLMCTL_CA",
+             "LLMCTL_CERT", "LLMCTL_KEY")
     return {key: value for key, value in os.environ.items() if key not in flags}
 
 

@@ -201,6 +201,8 @@ class Deployment(Base):
         ForeignKey("revisions.id", use_alter=True), default=None
     )
     """The revision answers are judged against; None: the first revision without weight quantization."""
+    semantic_cache_threshold: Mapped[float | None] = mapped_column(Double, default=None)
+    """The gateway answers a reworded question from cache at this cosine similarity or more; None: off."""
 
     # Every UPDATE/DELETE checks and bumps `version`: a writer holding a stale copy gets StaleDataError.
     __mapper_args__ = {"version_id_col": version}
@@ -314,13 +316,15 @@ class Tenant(Base):
     monthly_tokens: Mapped[int] = mapped_column(default=0)
     quality_opt_out: Mapped[bool] = mapped_column(Boolean, default=False)
     """Never store this tenant's requests or answers as quality samples."""
+    cache_sampled: Mapped[bool] = mapped_column(Boolean, default=False)
+    """The gateway's exact response cache may answer this tenant's sampled requests, not only deterministic ones."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
 
 
 class ApiKey(Base):
-    """A tenant's key, stored as its sha256 only; the prefix finds the row and names the key in listings."""
+    """A tenant's key, stored only as a hash (see `scheme`); the prefix finds the row and names the key."""
 
     __tablename__ = "api_keys"
 
@@ -328,10 +332,30 @@ class ApiKey(Base):
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     prefix: Mapped[str] = mapped_column(String(12), unique=True)
     key_hash: Mapped[str] = mapped_column(String(64))
+    scheme: Mapped[str] = mapped_column(String(16), default="hmac-sha256")
+    """"hmac-sha256": HMAC with the control plane's secret; "sha256": a key stored before that, rehashed with
+    HMAC the first time it authenticates."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
 
     tenant: Mapped[Tenant] = relationship(back_populates="api_keys")
+
+
+class AuditRecord(Base):
+    """One AdminService call that changes something (rpc/audit.py): who, what, when, how it ended. Callers
+    are named by a token fingerprint, never the token; failed and refused calls are recorded too."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    peer: Mapped[str] = mapped_column(String(128))
+    rpc: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255))
+    result: Mapped[str] = mapped_column(String(32))
+    """"ok", or the gRPC status code's name (e.g. "NOT_FOUND")."""
+    message: Mapped[str] = mapped_column(Text, default="")
 
 
 class UsageRecord(Base):
@@ -364,6 +388,13 @@ class TrafficSample(Base):
     prompt_tokens: Mapped[int]
     completion_tokens: Mapped[int]
     shared_prefix_tokens: Mapped[int]
+    shared_prefix_hash: Mapped[str | None] = mapped_column(String(16), default=None)
+    """The shared prefix's key (gateway/traffic.py), HMAC'd with the control plane's secret: requests sharing
+    the same prefix have the same hash; None when nothing was shared."""
+    system_prompt_tokens: Mapped[int] = mapped_column(default=0)
+    """About how many prompt tokens the system messages took (their share of the rendered prompt)."""
+    system_prompt_hash: Mapped[str | None] = mapped_column(String(16), default=None)
+    """The system messages' digest, HMAC'd with the control plane's secret; None without any."""
 
 
 class Autoscaling(Base):
@@ -386,6 +417,28 @@ class Autoscaling(Base):
     updated_by: Mapped[str] = mapped_column(String(128))
 
     deployment: Mapped[Deployment] = relationship(back_populates="autoscaling")
+
+
+class DeploymentRoute(Base):
+    """A deployment's model route: which of its requests the gateway sends to a cheaper companion deployment
+    (gateway/model_route.py). Deleting either deployment deletes the route."""
+
+    __tablename__ = "deployment_routes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), unique=True)
+    companion_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    rule_kind: Mapped[str] = mapped_column(String(32))
+    """max-prompt-tokens, regex or classifier."""
+    rule_value: Mapped[str] = mapped_column(Text, default="")
+    """The rule's parameter as written (the token limit, the pattern); empty for the classifier."""
+    max_in_flight: Mapped[int | None] = mapped_column(default=None)
+    """Requests per companion replica beyond which it counts as saturated; None: its engine's max_num_seqs."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128))
+
+    deployment: Mapped[Deployment] = relationship(foreign_keys=[deployment_id])
+    companion: Mapped[Deployment] = relationship(foreign_keys=[companion_id])
 
 
 class AutoscaleDecision(Base):

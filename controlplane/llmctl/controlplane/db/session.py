@@ -113,9 +113,11 @@ def unavailable(url: str | URL, error: BaseException) -> Unavailable:
     return Unavailable(f"cannot use the database at {mask_url(url)}: {reason}; {advice}")
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
+def session_factory(engine: Engine, *, api_key_secret: str | None = None) -> sessionmaker[Session]:
+    """Sessions on `engine`; `api_key_secret` is the HMAC key services/tenants.py hashes API keys with."""
     # expire_on_commit=False: servicers convert rows to messages after the commit without reloading.
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    info = {"api_key_secret": api_key_secret} if api_key_secret is not None else {}
+    return sessionmaker(bind=engine, expire_on_commit=False, info=info)
 
 
 @contextmanager

@@ -77,8 +77,11 @@ async def open_upstream(client: httpx.AsyncClient, router: Router, metrics: Gate
                                        headers={"content-type": "application/json"})
         response: httpx.Response | None = None
         try:
+            # The clock starts before the send: a replica answering a non-streamed request sends its headers
+            # only once the whole answer is generated, and that time is what the request is billed for.
+            sent = time.perf_counter()
             response = await client.send(request, stream=True)
-            upstream = Upstream(endpoint, response, routes, concurrent, time.perf_counter())
+            upstream = Upstream(endpoint, response, routes, concurrent, sent)
             if response.status_code >= 500:
                 detail = (await response.aread())[:200].decode("utf-8", "replace")
                 raise _ReplicaFailed(f"HTTP {response.status_code} {detail}".strip())

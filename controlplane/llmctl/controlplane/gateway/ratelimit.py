@@ -39,6 +39,8 @@ class TenantLimits:
     monthly_tokens: int = 0
     quality_opt_out: bool = False
     """The tenant's requests are never sampled for quality scoring."""
+    cache_sampled: bool = False
+    """The exact response cache may answer this tenant's sampled (non-deterministic) requests too."""
 
 
 class RateLimited(ResourceExhausted):

@@ -9,8 +9,28 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from llmctl.controlplane.errors import InvalidArgument
+
+T = TypeVar("T")
+
+
+class DeploymentSettings(Generic[T]):
+    """Deployment -> one per-deployment setting of the gateway (quality sample rate, semantic cache threshold,
+    model route): the reconciler replaces the whole map from SQL each pass, the gateway reads it per request."""
+
+    def __init__(self, values: dict[str, T] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, T] = dict(values or {})
+
+    def replace(self, values: dict[str, T]) -> None:
+        with self._lock:
+            self._values = dict(values)
+
+    def get(self, deployment: str) -> T | None:
+        with self._lock:
+            return self._values.get(deployment)
 
 
 @dataclass(frozen=True)

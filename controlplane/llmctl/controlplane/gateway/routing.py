@@ -106,7 +106,8 @@ def prompt_text(kind: str, body: dict[str, Any]) -> str:
                 continue
             content = message.get("content")
             if isinstance(content, list):
-                content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+                # Only well-formed text parts count; anything else is the replica's to refuse (a 400).
+                content = "".join(t for p in content if isinstance(p, dict) and isinstance(t := p.get("text"), str))
             parts.append(f"{message.get('role', '')}\n{content or ''}\n")
         return "".join(parts)
     prompt = body.get("prompt", "")

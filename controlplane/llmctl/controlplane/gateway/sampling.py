@@ -18,6 +18,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from llmctl.controlplane.gateway.routes import DeploymentSettings
+
 # Fields of a request that say nothing about what was asked or how it was sampled.
 TRANSPORT_FIELDS = ("model", "stream", "stream_options", "user")
 
@@ -36,20 +38,11 @@ class SampledAnswer:
     answer: str
 
 
-class SamplingTable:
-    """Deployment -> sample rate, written by the reconciler each pass and read by the gateway."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._rates: dict[str, float] = {}
-
-    def replace(self, rates: dict[str, float]) -> None:
-        with self._lock:
-            self._rates = dict(rates)
+class SamplingTable(DeploymentSettings[float]):
+    """Deployment -> sample rate (0 for a deployment not in it)."""
 
     def rate(self, deployment: str) -> float:
-        with self._lock:
-            return self._rates.get(deployment, 0.0)
+        return self.get(deployment) or 0.0
 
 
 class QualitySampler:

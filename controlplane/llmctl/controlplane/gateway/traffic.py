@@ -10,7 +10,12 @@ a shared start shorter than one chunk, counts as not shared (a prefix cache also
 Text is converted to tokens in proportion (prompt_tokens x shared characters / all characters); for token
 ids the count is exact to the chunk.
 
-Only 8-byte hashes are kept, never text. Cost is O(prompt) hashing per request, done in the worker thread
+A chat prompt also carries its system messages (ChatPrompt) so that the worker thread can hash them: the
+audit (`llmctl prompts audit`) counts requests per system prompt by that hash, and estimates the system
+prompt's tokens in the same proportion (the gateway has no tokenizer).
+
+Only hashes are kept, never text (8-byte chunk keys here; the traffic rows get keyed hashes, see
+services/traffic.py). Cost is O(prompt) hashing per request, done in the worker thread
 that writes the usage row, never on the event loop. Memory: at most max_keys keys per deployment and
 max_deployments deployments (the least recently seen is forgotten first).
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from llmctl.controlplane.gateway.routing import prompt_text
 
@@ -30,18 +35,65 @@ CHUNK_IDS = 16
 MAX_KEYS = 100_000
 MAX_DEPLOYMENTS = 256
 
+SYSTEM_ROLES = frozenset({"system", "developer"})
+"""Roles whose messages make a chat's system prompt ("developer" is OpenAI's newer name for it)."""
+
 Prompt = str | tuple[int, ...]
 """The rendered prompt text, or the prompt's token ids."""
 
 
+class ChatPrompt(str):
+    """A chat's rendered prompt (routing.prompt_text) that also holds its system messages, rendered the same way
+    (`system`, "" without any); a str, so the tracker chunks it like any text. Neither is ever stored."""
+
+    system: str
+
+    def __new__(cls, text: str, system: str) -> ChatPrompt:
+        self = super().__new__(cls, text)
+        self.system = system
+        return self
+
+
+class SharedPrefix(NamedTuple):
+    """How much of a prompt repeats an earlier one: tokens, and the key of its last shared chunk (None: none)."""
+
+    tokens: int
+    key: bytes | None
+
+
+class SystemPrompt(NamedTuple):
+    """A prompt's system part: a 16-byte digest of its text (None: the prompt has none) and its tokens."""
+
+    digest: bytes | None
+    tokens: int
+
+
 def prompt_of(kind: str, body: dict[str, Any]) -> Prompt:
-    """What the tracker chunks: a completion's token ids when it was sent as ids, else the rendered text."""
+    """What the tracker chunks: a completion's token ids when it was sent as ids, else the rendered text (a
+    ChatPrompt for a chat)."""
     prompt = body.get("prompt") if kind == "completion" else None
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list):
         prompt = prompt[0]
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         return tuple(prompt)
-    return prompt_text(kind, body)
+    if kind != "chat":
+        return prompt_text(kind, body)
+    messages = body.get("messages")
+    # The body is the client's, unchecked here: a role may be any JSON value (a dict is not hashable).
+    system = [m for m in messages if isinstance(m, dict) and isinstance(m.get("role"), str)
+              and m["role"] in SYSTEM_ROLES] \
+        if isinstance(messages, list) else []
+    return ChatPrompt(prompt_text(kind, body), prompt_text(kind, {"messages": system}) if system else "")
+
+
+def system_prompt(prompt: Prompt, prompt_tokens: int) -> SystemPrompt:
+    """The prompt's system messages as a digest and a token count, in proportion to their share of the rendered
+    prompt (prompt_tokens x system characters / all characters), like shared_tokens()."""
+    system = prompt.system if isinstance(prompt, ChatPrompt) else ""
+    if not system:
+        return SystemPrompt(None, 0)
+    digest = hashlib.blake2b(system.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return SystemPrompt(digest, min(prompt_tokens, round(max(0, prompt_tokens) * len(system) / len(prompt))))
 
 
 def _chunks(prompt: Prompt) -> list[bytes]:
@@ -73,12 +125,17 @@ class PrefixTracker:
 
     def observe(self, deployment: str, prompt: Prompt) -> int:
         """Remember the prompt's chunk keys; returns how many of its leading chunks were already known."""
+        return self.observe_keys(deployment, prompt)[0]
+
+    def observe_keys(self, deployment: str, prompt: Prompt) -> tuple[int, bytes | None]:
+        """observe(), and the key of the last leading chunk already known (it stands for the whole shared
+        prefix; None when none was)."""
         keys, key = [], deployment.encode()
         for chunk in _chunks(prompt):  # hashed before taking the lock: other writers wait only for the LRU
             key = hashlib.blake2b(key + chunk, digest_size=8).digest()
             keys.append(key)
         if not keys:
-            return 0
+            return 0, None
         with self._lock:
             seen = self._seen.get(deployment)
             if seen is None:
@@ -95,11 +152,14 @@ class PrefixTracker:
                     seen[key] = None
             while len(seen) > self.max_keys:
                 seen.popitem(last=False)
-        return len(keys) if shared is None else shared
+        shared = len(keys) if shared is None else shared
+        return shared, keys[shared - 1] if shared else None
 
-    def shared_prefix_tokens(self, deployment: str, prompt: Prompt, prompt_tokens: int) -> int:
-        """observe(), converted to tokens of this prompt."""
-        return shared_tokens(prompt_tokens, prompt, self.observe(deployment, prompt))
+    def shared_prefix(self, deployment: str, prompt: Prompt, prompt_tokens: int) -> SharedPrefix:
+        """observe_keys(), converted to tokens of this prompt (no key when that is no token)."""
+        chunks, key = self.observe_keys(deployment, prompt)
+        tokens = shared_tokens(prompt_tokens, prompt, chunks)
+        return SharedPrefix(tokens, key if tokens else None)
 
     def known(self, deployment: str) -> int:
         """How many chunk keys the deployment holds now."""

@@ -27,7 +27,9 @@ _ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "conflict_error",
+    413: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable",
 }
@@ -39,6 +41,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgument(f"Malformed JSON body: {exc}") from None
+    except RecursionError:  # json's C scanner gives up on deep nesting (about 1000 levels) with this
+        raise InvalidArgument("Malformed JSON body: nested too deeply.") from None
     if not isinstance(body, dict):
         raise InvalidArgument("The request body must be a JSON object.")
     if not isinstance(body.get("model"), str) or not body["model"]:

@@ -331,7 +331,7 @@ class DeploymentStats(_message.Message):
     def __init__(self, requests_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., queue_depth: _Optional[float] = ..., ttft_p50_s: _Optional[float] = ..., tpot_p50_s: _Optional[float] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("name", "model", "revision", "desired_replicas", "ready_replicas", "engine_config_json", "weight_quantization", "kv_cache_dtype", "replicas", "stats", "created_at", "updated_at", "quality", "quality_state", "autoscaling")
+    __slots__ = ("name", "model", "revision", "desired_replicas", "ready_replicas", "engine_config_json", "weight_quantization", "kv_cache_dtype", "replicas", "stats", "created_at", "updated_at", "quality", "quality_state", "autoscaling", "semantic_cache_threshold")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +347,7 @@ class Deployment(_message.Message):
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     QUALITY_STATE_FIELD_NUMBER: _ClassVar[int]
     AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_CACHE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     revision: int
@@ -362,7 +363,8 @@ class Deployment(_message.Message):
     quality: QualityPolicy
     quality_state: str
     autoscaling: AutoscalePolicy
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., engine_config_json: _Optional[str] = ..., weight_quantization: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., stats: _Optional[_Union[DeploymentStats, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., quality: _Optional[_Union[QualityPolicy, _Mapping]] = ..., quality_state: _Optional[str] = ..., autoscaling: _Optional[_Union[AutoscalePolicy, _Mapping]] = ...) -> None: ...
+    semantic_cache_threshold: float
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[int] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., engine_config_json: _Optional[str] = ..., weight_quantization: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., stats: _Optional[_Union[DeploymentStats, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., quality: _Optional[_Union[QualityPolicy, _Mapping]] = ..., quality_state: _Optional[str] = ..., autoscaling: _Optional[_Union[AutoscalePolicy, _Mapping]] = ..., semantic_cache_threshold: _Optional[float] = ...) -> None: ...
 
 class AutoscalePolicy(_message.Message):
     __slots__ = ("min_replicas", "max_replicas", "target_queue", "target_kv_usage", "scale_up_window_s", "scale_down_window_s", "max_step", "mode")
@@ -527,20 +529,22 @@ class Event(_message.Message):
     def __init__(self, id: _Optional[int] = ..., at: _Optional[float] = ..., kind: _Optional[str] = ..., deployment: _Optional[str] = ..., node: _Optional[str] = ..., actor: _Optional[str] = ..., message: _Optional[str] = ..., details_json: _Optional[str] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("name", "rpm", "tpm", "monthly_tokens", "created_at", "quality_opt_out")
+    __slots__ = ("name", "rpm", "tpm", "monthly_tokens", "created_at", "quality_opt_out", "cache_sampled")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RPM_FIELD_NUMBER: _ClassVar[int]
     TPM_FIELD_NUMBER: _ClassVar[int]
     MONTHLY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAMPLED_FIELD_NUMBER: _ClassVar[int]
     name: str
     rpm: int
     tpm: int
     monthly_tokens: int
     created_at: float
     quality_opt_out: bool
-    def __init__(self, name: _Optional[str] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., monthly_tokens: _Optional[int] = ..., created_at: _Optional[float] = ..., quality_opt_out: _Optional[bool] = ...) -> None: ...
+    cache_sampled: bool
+    def __init__(self, name: _Optional[str] = ..., rpm: _Optional[int] = ..., tpm: _Optional[int] = ..., monthly_tokens: _Optional[int] = ..., created_at: _Optional[float] = ..., quality_opt_out: _Optional[bool] = ..., cache_sampled: _Optional[bool] = ...) -> None: ...
 
 class UsageRow(_message.Message):
     __slots__ = ("deployment", "requests", "prompt_tokens", "completion_tokens", "cost_usd")
@@ -719,12 +723,14 @@ class ListTenantsResponse(_message.Message):
     def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...
 
 class UpdateTenantRequest(_message.Message):
-    __slots__ = ("name", "quality_opt_out")
+    __slots__ = ("name", "quality_opt_out", "cache_sampled")
     NAME_FIELD_NUMBER: _ClassVar[int]
     QUALITY_OPT_OUT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAMPLED_FIELD_NUMBER: _ClassVar[int]
     name: str
     quality_opt_out: bool
-    def __init__(self, name: _Optional[str] = ..., quality_opt_out: _Optional[bool] = ...) -> None: ...
+    cache_sampled: bool
+    def __init__(self, name: _Optional[str] = ..., quality_opt_out: _Optional[bool] = ..., cache_sampled: _Optional[bool] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("tenant", "since")
@@ -848,6 +854,22 @@ class SetQualityReferenceRequest(_message.Message):
     revision: int
     def __init__(self, name: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
+class SetSemanticCacheRequest(_message.Message):
+    __slots__ = ("name", "threshold")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    threshold: float
+    def __init__(self, name: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
+
+class SetSemanticCacheResponse(_message.Message):
+    __slots__ = ("deployment", "warning")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
+    deployment: Deployment
+    warning: str
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., warning: _Optional[str] = ...) -> None: ...
+
 class StartOptimizationRequest(_message.Message):
     __slots__ = ("deployment", "goal", "options_json")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
@@ -961,3 +983,197 @@ class TrafficSummary(_message.Message):
     workload_error: str
     workload_speedup: float
     def __init__(self, deployment: _Optional[str] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., requests: _Optional[int] = ..., first_at: _Optional[float] = ..., last_at: _Optional[float] = ..., request_rate: _Optional[float] = ..., prompt_tokens: _Optional[_Union[TrafficStats, _Mapping]] = ..., completion_tokens: _Optional[_Union[TrafficStats, _Mapping]] = ..., shared_prefix_tokens: _Optional[_Union[TrafficStats, _Mapping]] = ..., interarrival_s: _Optional[_Union[TrafficStats, _Mapping]] = ..., shared_fraction: _Optional[float] = ..., workload_json: _Optional[str] = ..., workload_error: _Optional[str] = ..., workload_speedup: _Optional[float] = ...) -> None: ...
+
+class GetPromptAuditRequest(_message.Message):
+    __slots__ = ("deployment", "window_s", "top", "target_system_tokens", "usd_per_mtok")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SYSTEM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    window_s: float
+    top: int
+    target_system_tokens: int
+    usd_per_mtok: float
+    def __init__(self, deployment: _Optional[str] = ..., window_s: _Optional[float] = ..., top: _Optional[int] = ..., target_system_tokens: _Optional[int] = ..., usd_per_mtok: _Optional[float] = ...) -> None: ...
+
+class TenantPromptTokens(_message.Message):
+    __slots__ = ("tenant", "requests", "prompt_tokens", "prompt_share", "completion_tokens", "cost_usd")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    requests: int
+    prompt_tokens: int
+    prompt_share: float
+    completion_tokens: int
+    cost_usd: float
+    def __init__(self, tenant: _Optional[str] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., prompt_share: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+
+class SystemPromptShare(_message.Message):
+    __slots__ = ("hash", "requests", "share", "tokens")
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    hash: str
+    requests: int
+    share: float
+    tokens: float
+    def __init__(self, hash: _Optional[str] = ..., requests: _Optional[int] = ..., share: _Optional[float] = ..., tokens: _Optional[float] = ...) -> None: ...
+
+class PrefixShare(_message.Message):
+    __slots__ = ("hash", "tokens", "requests", "share", "saved_tokens")
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    SAVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    hash: str
+    tokens: float
+    requests: int
+    share: float
+    saved_tokens: int
+    def __init__(self, hash: _Optional[str] = ..., tokens: _Optional[float] = ..., requests: _Optional[int] = ..., share: _Optional[float] = ..., saved_tokens: _Optional[int] = ...) -> None: ...
+
+class PromptSavings(_message.Message):
+    __slots__ = ("tokens_per_million", "usd_per_million")
+    TOKENS_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    USD_PER_MILLION_FIELD_NUMBER: _ClassVar[int]
+    tokens_per_million: float
+    usd_per_million: float
+    def __init__(self, tokens_per_million: _Optional[float] = ..., usd_per_million: _Optional[float] = ...) -> None: ...
+
+class PromptAudit(_message.Message):
+    __slots__ = ("deployment", "since", "until", "requests", "prompt_tokens", "tenants", "system_prompts", "distinct_system_prompts", "system_prompt_requests", "mean_system_tokens", "target_system_tokens", "shorter_system_prompt", "prefixes", "distinct_prefixes", "prefix_saved_tokens", "prefix_saved_fraction", "prefix_cache", "usd_per_mtok", "price_source")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_SYSTEM_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_SYSTEM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SYSTEM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SHORTER_SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_SAVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_SAVED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
+    USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    PRICE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    since: float
+    until: float
+    requests: int
+    prompt_tokens: int
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantPromptTokens]
+    system_prompts: _containers.RepeatedCompositeFieldContainer[SystemPromptShare]
+    distinct_system_prompts: int
+    system_prompt_requests: int
+    mean_system_tokens: float
+    target_system_tokens: int
+    shorter_system_prompt: PromptSavings
+    prefixes: _containers.RepeatedCompositeFieldContainer[PrefixShare]
+    distinct_prefixes: int
+    prefix_saved_tokens: int
+    prefix_saved_fraction: float
+    prefix_cache: PromptSavings
+    usd_per_mtok: float
+    price_source: str
+    def __init__(self, deployment: _Optional[str] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., requests: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., tenants: _Optional[_Iterable[_Union[TenantPromptTokens, _Mapping]]] = ..., system_prompts: _Optional[_Iterable[_Union[SystemPromptShare, _Mapping]]] = ..., distinct_system_prompts: _Optional[int] = ..., system_prompt_requests: _Optional[int] = ..., mean_system_tokens: _Optional[float] = ..., target_system_tokens: _Optional[int] = ..., shorter_system_prompt: _Optional[_Union[PromptSavings, _Mapping]] = ..., prefixes: _Optional[_Iterable[_Union[PrefixShare, _Mapping]]] = ..., distinct_prefixes: _Optional[int] = ..., prefix_saved_tokens: _Optional[int] = ..., prefix_saved_fraction: _Optional[float] = ..., prefix_cache: _Optional[_Union[PromptSavings, _Mapping]] = ..., usd_per_mtok: _Optional[float] = ..., price_source: _Optional[str] = ...) -> None: ...
+
+class RotateTokenRequest(_message.Message):
+    __slots__ = ("kind", "grace_s", "finish")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    grace_s: float
+    finish: bool
+    def __init__(self, kind: _Optional[str] = ..., grace_s: _Optional[float] = ..., finish: _Optional[bool] = ...) -> None: ...
+
+class RotateTokenResponse(_message.Message):
+    __slots__ = ("token", "previous_valid_until", "token_file")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FILE_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    previous_valid_until: float
+    token_file: str
+    def __init__(self, token: _Optional[str] = ..., previous_valid_until: _Optional[float] = ..., token_file: _Optional[str] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("id", "at", "actor", "peer", "rpc", "target", "result", "message")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    at: float
+    actor: str
+    peer: str
+    rpc: str
+    target: str
+    result: str
+    message: str
+    def __init__(self, id: _Optional[int] = ..., at: _Optional[float] = ..., actor: _Optional[str] = ..., peer: _Optional[str] = ..., rpc: _Optional[str] = ..., target: _Optional[str] = ..., result: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("since", "limit")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    limit: int
+    def __init__(self, since: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
+class ModelRoute(_message.Message):
+    __slots__ = ("deployment", "companion", "rule", "max_in_flight", "updated_at")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    COMPANION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    companion: str
+    rule: str
+    max_in_flight: int
+    updated_at: float
+    def __init__(self, deployment: _Optional[str] = ..., companion: _Optional[str] = ..., rule: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., updated_at: _Optional[float] = ...) -> None: ...
+
+class SetModelRouteRequest(_message.Message):
+    __slots__ = ("deployment", "companion", "rule", "max_in_flight", "off")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    COMPANION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    OFF_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    companion: str
+    rule: str
+    max_in_flight: int
+    off: bool
+    def __init__(self, deployment: _Optional[str] = ..., companion: _Optional[str] = ..., rule: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., off: _Optional[bool] = ...) -> None: ...
+
+class GetModelRouteRequest(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    def __init__(self, deployment: _Optional[str] = ...) -> None: ...

@@ -260,6 +260,11 @@ class AdminServiceStub:
                 request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetQualityReferenceRequest.SerializeToString,
                 response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.FromString,
                 _registered_method=True)
+        self.SetSemanticCache = channel.unary_unary(
+                '/llmctl.v1.AdminService/SetSemanticCache',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetSemanticCacheRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetSemanticCacheResponse.FromString,
+                _registered_method=True)
         self.StartOptimization = channel.unary_unary(
                 '/llmctl.v1.AdminService/StartOptimization',
                 request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.StartOptimizationRequest.SerializeToString,
@@ -284,6 +289,31 @@ class AdminServiceStub:
                 '/llmctl.v1.AdminService/GetTraffic',
                 request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetTrafficRequest.SerializeToString,
                 response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.TrafficSummary.FromString,
+                _registered_method=True)
+        self.GetPromptAudit = channel.unary_unary(
+                '/llmctl.v1.AdminService/GetPromptAudit',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetPromptAuditRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.PromptAudit.FromString,
+                _registered_method=True)
+        self.RotateToken = channel.unary_unary(
+                '/llmctl.v1.AdminService/RotateToken',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.RotateTokenRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.RotateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/llmctl.v1.AdminService/ListAudit',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.SetModelRoute = channel.unary_unary(
+                '/llmctl.v1.AdminService/SetModelRoute',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetModelRouteRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ModelRoute.FromString,
+                _registered_method=True)
+        self.GetModelRoute = channel.unary_unary(
+                '/llmctl.v1.AdminService/GetModelRoute',
+                request_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetModelRouteRequest.SerializeToString,
+                response_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ModelRoute.FromString,
                 _registered_method=True)
 
 
@@ -428,6 +458,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSemanticCache(self, request, context):
+        """Turns the gateway's semantic response cache on (at a similarity threshold) or off for a deployment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartOptimization(self, request, context):
         """Starts an optimization run of a deployment; refused (ALREADY_EXISTS) while another one runs on it.
         """
@@ -457,6 +494,43 @@ class AdminServiceServicer:
 
     def GetTraffic(self, request, context):
         """The shape of a deployment's recent gateway traffic (no content) and the bench workload made from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPromptAudit(self, request, context):
+        """Where a deployment's prompt tokens go: by tenant, by system prompt, by shared prefix (hashes, no text), and
+        what a shorter system prompt and a prefix cache save per million requests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateToken(self, request, context):
+        """A new admin or join token; the previous one keeps working for grace_s (or until a call with finish).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Every AdminService call that changes something: who, what, when, and how it ended; newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetModelRoute(self, request, context):
+        """Sets (creates or replaces) or, with off, removes a deployment's model route: which of its requests the
+        gateway sends to a cheaper companion deployment (docs/routing.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelRoute(self, request, context):
+        """The deployment's route; companion is empty when it has none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -570,6 +644,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetQualityReferenceRequest.FromString,
                     response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.Deployment.SerializeToString,
             ),
+            'SetSemanticCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSemanticCache,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetSemanticCacheRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetSemanticCacheResponse.SerializeToString,
+            ),
             'StartOptimization': grpc.unary_unary_rpc_method_handler(
                     servicer.StartOptimization,
                     request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.StartOptimizationRequest.FromString,
@@ -594,6 +673,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetTraffic,
                     request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetTrafficRequest.FromString,
                     response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.TrafficSummary.SerializeToString,
+            ),
+            'GetPromptAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPromptAudit,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetPromptAuditRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.PromptAudit.SerializeToString,
+            ),
+            'RotateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateToken,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.RotateTokenRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.RotateTokenResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListAuditRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'SetModelRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelRoute,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetModelRouteRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ModelRoute.SerializeToString,
+            ),
+            'GetModelRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelRoute,
+                    request_deserializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetModelRouteRequest.FromString,
+                    response_serializer=llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ModelRoute.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1175,6 +1279,33 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
+    def SetSemanticCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/SetSemanticCache',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetSemanticCacheRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetSemanticCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def StartOptimization(request,
             target,
             options=(),
@@ -1299,6 +1430,141 @@ class AdminService:
             '/llmctl.v1.AdminService/GetTraffic',
             llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetTrafficRequest.SerializeToString,
             llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.TrafficSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPromptAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/GetPromptAudit',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetPromptAuditRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.PromptAudit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/RotateToken',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.RotateTokenRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.RotateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/ListAudit',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListAuditRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/SetModelRoute',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.SetModelRouteRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ModelRoute.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmctl.v1.AdminService/GetModelRoute',
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.GetModelRouteRequest.SerializeToString,
+            llmctl_dot_controlplane_dot_proto_dot_llmctl__pb2.ModelRoute.FromString,
             options,
             channel_credentials,
             insecure,

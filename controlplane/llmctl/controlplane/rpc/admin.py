@@ -13,7 +13,7 @@ import grpc
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmctl.controlplane.autoscaling.runner import AutoscaleJob
-from llmctl.controlplane.db.models import Deployment, utcnow
+from llmctl.controlplane.db.models import Deployment, DeploymentRoute, utcnow
 from llmctl.controlplane.db.session import session_scope
 from llmctl.controlplane.errors import InvalidArgument
 from llmctl.controlplane.fleet import Fleet
@@ -23,15 +23,19 @@ from llmctl.controlplane.proto import llmctl_pb2 as pb
 from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
 from llmctl.controlplane.reconciler import live_replicas
 from llmctl.controlplane.rpc import convert
+from llmctl.controlplane.services import audit as audit_service
 from llmctl.controlplane.services import autoscaling as autoscaling_service
 from llmctl.controlplane.services import check_count, quality_fields
 from llmctl.controlplane.services import deployments as deployments_service
 from llmctl.controlplane.services import events as events_service
+from llmctl.controlplane.services import model_routes as model_routes_service
 from llmctl.controlplane.services import nodes as nodes_service
 from llmctl.controlplane.services import optimizer as optimizer_service
+from llmctl.controlplane.services import prompts as prompts_service
 from llmctl.controlplane.services import quality as quality_service
 from llmctl.controlplane.services import tenants as tenants_service
 from llmctl.controlplane.services import traffic as traffic_service
+from llmctl.controlplane.tokens import DEFAULT_GRACE_S, TokenRing
 
 ACTOR = "admin"
 DEFAULT_EVENT_LIMIT = 200
@@ -47,8 +51,12 @@ WATCH_POLL_S = 0.25
 class AdminServicer(pb_grpc.AdminServiceServicer):
     def __init__(self, db: sessionmaker[Session], fleet: Fleet, *, on_change: Callable[[], None],
                  stopping: threading.Event, optimizer: Optimizer | None = None,
-                 on_optimize: Callable[[], None] = lambda: None, autoscaler: AutoscaleJob | None = None) -> None:
+                 on_optimize: Callable[[], None] = lambda: None, autoscaler: AutoscaleJob | None = None,
+                 tokens: dict[str, TokenRing] | None = None, gateway_response_cache: bool | None = None) -> None:
         self._db, self._fleet = db, fleet
+        self._gateway_response_cache = gateway_response_cache
+        """Whether this process's gateway runs an exact response cache (None: not known here)."""
+        self._tokens = tokens or {}
         self._autoscaler = autoscaler
         self._on_change = on_change
         self._stopping = stopping
@@ -183,6 +191,20 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self._on_change()  # the scorer replica follows the reference
         return response
 
+    def SetSemanticCache(self, request: pb.SetSemanticCacheRequest,
+                         context: grpc.ServicerContext) -> pb.SetSemanticCacheResponse:
+        threshold = request.threshold if request.HasField("threshold") else None
+        with session_scope(self._db) as session:
+            deployment = deployments_service.set_semantic_cache(session, name=request.name, threshold=threshold,
+                                                                actor=ACTOR)
+            response = pb.SetSemanticCacheResponse(deployment=self._deployment(session, deployment))
+        self._on_change()  # the reconciler hands the gateway the new threshold
+        if threshold is not None and self._gateway_response_cache is False:
+            # The semantic cache indexes the exact cache's answers: stored, but unused until the server has one.
+            response.warning = ("this control plane's gateway runs without a response cache, so the semantic "
+                                "cache stays unused until `llmctl server` runs with --response-cache-mb N")
+        return response
+
     # -- optimization runs --------------------------------------------------------------------------------
     def StartOptimization(self, request: pb.StartOptimizationRequest,
                           context: grpc.ServicerContext) -> pb.OptimizationRun:
@@ -230,6 +252,17 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         with session_scope(self._db) as session:
             found = traffic_service.summary(session, name=request.deployment, since=since, until=now)
         return convert.traffic_to_proto(found)
+
+    def GetPromptAudit(self, request: pb.GetPromptAuditRequest, context: grpc.ServicerContext) -> pb.PromptAudit:
+        now = utcnow()
+        since = traffic_service.window_start(request.window_s or DEFAULT_TRAFFIC_WINDOW_S, now)
+        with session_scope(self._db) as session:
+            found = prompts_service.audit(
+                session, name=request.deployment, since=since, until=now,
+                top=request.top or prompts_service.DEFAULT_TOP,
+                target_system_tokens=_optional(request, "target_system_tokens"),
+                usd_per_mtok=_optional(request, "usd_per_mtok"))
+        return convert.prompt_audit_to_proto(found)
 
     # -- nodes --------------------------------------------------------------------------------------------
     def ListNodes(self, request: pb.ListNodesRequest, context: grpc.ServicerContext) -> pb.ListNodesResponse:
@@ -302,6 +335,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             if request.HasField("quality_opt_out"):
                 tenant = tenants_service.set_quality_opt_out(session, name=request.name,
                                                              opt_out=request.quality_opt_out, actor=ACTOR)
+            if request.HasField("cache_sampled"):
+                tenant = tenants_service.set_cache_sampled(session, name=request.name,
+                                                           cache_sampled=request.cache_sampled, actor=ACTOR)
             return convert.tenant_to_proto(tenant)
 
     def ListTenants(self, request: pb.ListTenantsRequest,
@@ -317,8 +353,77 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             rows = tenants_service.usage_summary(session, tenant_id=tenant.id, since=since)
         return pb.GetUsageResponse(rows=[convert.usage_row_to_proto(row) for row in rows])
 
+    # -- security -----------------------------------------------------------------------------------------
+    def RotateToken(self, request: pb.RotateTokenRequest,
+                    context: grpc.ServicerContext) -> pb.RotateTokenResponse:
+        ring = self._tokens.get(request.kind)
+        if ring is None:
+            raise InvalidArgument(f"kind must be one of {sorted(self._tokens) or ['admin', 'join']}, "
+                                  f"got {request.kind!r}")
+        if request.finish:
+            ring.finish()
+            token = ""
+        else:
+            token = ring.rotate(request.grace_s if request.HasField("grace_s") else DEFAULT_GRACE_S)
+        until = ring.previous_valid_until
+        if not token or not until:
+            message = f"{'rotated the ' + ring.what if token else 'finished rotating the ' + ring.what}; " \
+                      "the previous one no longer works"
+        else:
+            message = f"rotated the {ring.what}; the previous one works until " \
+                      f"{datetime.fromtimestamp(until, UTC):%Y-%m-%d %H:%M:%S} UTC"
+        with session_scope(self._db) as session:
+            events_service.record_event(session, kind="token.rotated" if token else "token.rotation_finished",
+                                        actor=ACTOR, message=message,
+                                        details={"kind": request.kind, "previous_valid_until": until})
+        return pb.RotateTokenResponse(token=token, previous_valid_until=ring.previous_valid_until,
+                                      token_file=str(ring.path or ""))
 
-def _since(request: pb.GetUsageRequest) -> datetime:
+    def ListAudit(self, request: pb.ListAuditRequest, context: grpc.ServicerContext) -> pb.ListAuditResponse:
+        limit = check_count("limit", request.limit, 0, audit_service.MAX_LIMIT) or audit_service.DEFAULT_LIMIT
+        since = _since(request) if request.HasField("since") else None
+        with session_scope(self._db) as session:
+            rows = audit_service.list_audit(session, since=since, limit=limit)
+            return pb.ListAuditResponse(entries=[convert.audit_to_proto(r) for r in rows])
+
+    # -- model routes -------------------------------------------------------------------------------------
+    def SetModelRoute(self, request: pb.SetModelRouteRequest, context: grpc.ServicerContext) -> pb.ModelRoute:
+        with session_scope(self._db) as session:
+            if request.off:
+                if request.companion or request.rule or request.max_in_flight:
+                    raise InvalidArgument("off removes the route: give no companion, rule or max_in_flight with it")
+                model_routes_service.clear_route(session, deployment=request.deployment, actor=ACTOR)
+            else:
+                if not request.companion:
+                    raise InvalidArgument("a route needs a companion deployment (or off to remove the route)")
+                model_routes_service.set_route(session, deployment=request.deployment, companion=request.companion,
+                                               rule=request.rule, max_in_flight=request.max_in_flight or None,
+                                               actor=ACTOR)
+            found = model_routes_service.get_route(session, request.deployment)
+            answer = _model_route_to_proto(request.deployment, found)
+        self._on_change()
+        return answer
+
+    def GetModelRoute(self, request: pb.GetModelRouteRequest, context: grpc.ServicerContext) -> pb.ModelRoute:
+        with session_scope(self._db) as session:
+            return _model_route_to_proto(request.deployment,
+                                         model_routes_service.get_route(session, request.deployment))
+
+
+def _model_route_to_proto(deployment: str, row: DeploymentRoute | None) -> pb.ModelRoute:
+    if row is None:
+        return pb.ModelRoute(deployment=deployment)
+    return pb.ModelRoute(deployment=deployment, companion=row.companion.name,
+                         rule=str(model_routes_service.rule_of(row)), max_in_flight=row.max_in_flight or 0,
+                         updated_at=convert.unix(row.updated_at))
+
+
+def _optional(request: pb.GetPromptAuditRequest, field: str) -> float | None:
+    """An optional field's value, None when unset."""
+    return getattr(request, field) if request.HasField(field) else None
+
+
+def _since(request: pb.GetUsageRequest | pb.ListAuditRequest) -> datetime:
     try:
         return datetime.fromtimestamp(request.since, UTC)
     except (OverflowError, ValueError, OSError):

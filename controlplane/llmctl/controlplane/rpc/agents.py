@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from llmctl.controlplane.db.models import Node, Replica, ReplicaState
 from llmctl.controlplane.db.session import session_scope
-from llmctl.controlplane.errors import ControlPlaneError, InvalidArgument, NotFound
+from llmctl.controlplane.errors import ControlPlaneError, InvalidArgument, NotFound, Unavailable
 from llmctl.controlplane.fleet import AgentSession, Fleet
 from llmctl.controlplane.proto import llmctl_pb2 as pb
 from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
@@ -107,8 +107,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             for message in messages:
                 if agent.closed:
                     break
+                agent.heard()
                 try:
                     self._handle(agent, message)
+                    for status in list(agent.unsaved.values()):  # the database is back: write what it missed
+                        self._replica_status(agent, status)
                 except ControlPlaneError as e:
                     # A bad report (or the database away for a moment) must not cut the agent off.
                     logger.warning("agent %s: %s", agent.node_name, e.message)
@@ -128,18 +131,29 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         elif kind == "telemetry":
             self._fleet.record_telemetry(agent.node_name, message.telemetry)
         elif kind == "replica_status":
-            with self._fleet.lock:
-                with session_scope(self._db) as session:
-                    node = _registered(session, agent.node_name)
-                    apply_status(session, node, agent, message.replica_status)
-            if message.replica_status.state == pb.REPLICA_STATE_STOPPED:
-                self._fleet.forget_replica(message.replica_status.replica_id)
-            self._on_change()
+            self._replica_status(agent, message.replica_status)
         elif kind == "measurement_result":
             if self._on_measurement is not None:
                 self._on_measurement(agent.node_name, message.measurement_result)
         elif kind == "hello":
             raise InvalidArgument("Hello is only valid as the first message of a Connect stream")
+
+
+    def _replica_status(self, agent: AgentSession, status: pb.ReplicaStatus) -> None:
+        """Write one replica report. One the database could not take is kept and written again later: the agent
+        reports each state once, so a replica that became READY meanwhile would otherwise never be routed."""
+        try:
+            with self._fleet.lock:
+                with session_scope(self._db) as session:
+                    node = _registered(session, agent.node_name)
+                    apply_status(session, node, agent, status)
+        except Unavailable:
+            agent.unsaved[status.replica_id] = status
+            raise
+        agent.unsaved.pop(status.replica_id, None)
+        if status.state == pb.REPLICA_STATE_STOPPED:
+            self._fleet.forget_replica(status.replica_id)
+        self._on_change()
 
 
 def apply_status(session: Session, node: Node, agent: AgentSession, status: pb.ReplicaStatus) -> None:

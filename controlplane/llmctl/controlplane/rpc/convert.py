@@ -10,6 +10,7 @@ from typing import Any
 
 from llmctl.controlplane.autoscaling.policy import AutoscalePolicy, Evaluation, Mode
 from llmctl.controlplane.db.models import (
+    AuditRecord,
     AutoscaleDecision,
     Autoscaling,
     Deployment,
@@ -138,6 +139,7 @@ def deployment_to_proto(deployment: Deployment, replicas: list[Replica], fleet: 
         quality=quality_policy_to_proto(deployment),
         quality_state=quality_state,
         autoscaling=autoscale_policy_to_proto(deployment.autoscaling) if deployment.autoscaling else None,
+        semantic_cache_threshold=deployment.semantic_cache_threshold,
     )
 
 
@@ -250,6 +252,11 @@ def event_to_proto(event: Event) -> pb.Event:
     )
 
 
+def audit_to_proto(record: AuditRecord) -> pb.AuditEntry:
+    return pb.AuditEntry(id=record.id, at=unix(record.at), actor=record.actor, peer=record.peer, rpc=record.rpc,
+                         target=record.target, result=record.result, message=record.message)
+
+
 def tenant_to_proto(tenant: Tenant) -> pb.Tenant:
     return pb.Tenant(
         name=tenant.name,
@@ -258,6 +265,7 @@ def tenant_to_proto(tenant: Tenant) -> pb.Tenant:
         monthly_tokens=tenant.monthly_tokens,
         created_at=unix(tenant.created_at),
         quality_opt_out=tenant.quality_opt_out,
+        cache_sampled=tenant.cache_sampled,
     )
 
 
@@ -320,4 +328,28 @@ def traffic_to_proto(found: dict[str, Any]) -> pb.TrafficSummary:
     for key in ("prompt_tokens", "completion_tokens", "shared_prefix_tokens", "interarrival_s"):
         if found[key] is not None:
             getattr(message, key).CopyFrom(pb.TrafficStats(**found[key]))
+    return message
+
+
+def prompt_audit_to_proto(found: dict[str, Any]) -> pb.PromptAudit:
+    """A prompt audit (services.prompts.audit); no price leaves usd_per_mtok and the dollar figures unset."""
+    def saving(value: dict[str, float | None]) -> pb.PromptSavings:
+        message = pb.PromptSavings(tokens_per_million=value["tokens_per_million"])
+        if value["usd_per_million"] is not None:
+            message.usd_per_million = value["usd_per_million"]
+        return message
+
+    message = pb.PromptAudit(
+        deployment=found["deployment"], since=found["since"].timestamp(), until=found["until"].timestamp(),
+        **{key: found[key] for key in ("requests", "prompt_tokens", "distinct_system_prompts",
+                                       "system_prompt_requests", "mean_system_tokens", "target_system_tokens",
+                                       "distinct_prefixes", "prefix_saved_tokens", "prefix_saved_fraction")},
+        tenants=[pb.TenantPromptTokens(**t) for t in found["tenants"]],
+        system_prompts=[pb.SystemPromptShare(**p) for p in found["system_prompts"]],
+        prefixes=[pb.PrefixShare(**p) for p in found["prefixes"]],
+        shorter_system_prompt=saving(found["shorter_system_prompt"]), prefix_cache=saving(found["prefix_cache"]),
+        price_source=found["price_source"] or "",
+    )
+    if found["usd_per_mtok"] is not None:
+        message.usd_per_mtok = found["usd_per_mtok"]
     return message

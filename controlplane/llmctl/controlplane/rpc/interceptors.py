@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 
-from llmctl.controlplane.errors import ControlPlaneError
-from llmctl.controlplane.tokens import same_token
+from llmctl.controlplane.errors import ERROR_METADATA, ControlPlaneError
+from llmctl.controlplane.tokens import TokenRing
 
 logger = logging.getLogger("llmctl.controlplane.rpc")
 
@@ -29,11 +29,11 @@ Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 @dataclass(frozen=True)
 class TokenRule:
-    """Calls to `service` must carry `token` in metadata `header` (with `scheme`, e.g. "Bearer ")."""
+    """Calls to `service` must carry one of `tokens` in metadata `header` (with `scheme`, e.g. "Bearer ")."""
 
     service: str
     header: str
-    token: str
+    tokens: TokenRing
     scheme: str = ""
     hint: str = ""
 
@@ -44,13 +44,13 @@ class TokenRule:
         return value[len(self.scheme):].strip()
 
 
-def admin_rule(token: str) -> TokenRule:
-    return TokenRule(ADMIN_SERVICE, AUTHORIZATION_HEADER, token, scheme="Bearer ",
+def admin_rule(tokens: TokenRing) -> TokenRule:
+    return TokenRule(ADMIN_SERVICE, AUTHORIZATION_HEADER, tokens, scheme="Bearer ",
                      hint="pass the admin token (llmctl --admin-token, or $LLMCTL_HOME/admin_token)")
 
 
-def join_rule(token: str) -> TokenRule:
-    return TokenRule(AGENT_SERVICE, JOIN_TOKEN_HEADER, token,
+def join_rule(tokens: TokenRing) -> TokenRule:
+    return TokenRule(AGENT_SERVICE, JOIN_TOKEN_HEADER, tokens,
                      hint="start the agent with the control plane's join token "
                           "($LLMCTL_HOME/join_token there)")
 
@@ -66,14 +66,17 @@ class AuthInterceptor(grpc.ServerInterceptor):
         rule = self._rules.get(service)
         if rule is None:
             return continuation(details)
-        metadata = {key: value for key, value in (details.invocation_metadata or ())
-                    if isinstance(value, str)}
-        offered = rule.offered(metadata)
-        if same_token(offered, rule.token):
+        offered = rule.offered(metadata_of(details))
+        if rule.tokens.match(offered) is not None:
             return continuation(details)
+        # Never the offered value itself: a wrong token is often a mistyped right one, or another secret.
         what = "no token" if offered is None else "a wrong token"
         message = f"{service} refused a call with {what}: {rule.hint}"
-        return _rewrap(continuation(details), lambda _behavior, streams: _refuse(message, streams))
+        return rewrap(continuation(details), lambda _behavior, streams: _refuse(message, streams))
+
+
+def metadata_of(details: grpc.HandlerCallDetails) -> dict[str, str]:
+    return {key: value for key, value in (details.invocation_metadata or ()) if isinstance(value, str)}
 
 
 def _refuse(message: str, streams: bool) -> Behavior:
@@ -94,7 +97,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     """ControlPlaneError -> its gRPC status code and message, for unary and streaming calls alike."""
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
-        return _rewrap(continuation(details), _guard)
+        return rewrap(continuation(details), _guard)
 
 
 def status_code(error: ControlPlaneError) -> grpc.StatusCode:
@@ -107,7 +110,7 @@ def _guard(behavior: Behavior, streams: bool) -> Behavior:
             try:
                 yield from behavior(request, context)
             except ControlPlaneError as e:
-                context.abort(status_code(e), e.message)
+                _abort(context, e)
 
         return guarded_stream
 
@@ -115,12 +118,17 @@ def _guard(behavior: Behavior, streams: bool) -> Behavior:
         try:
             return behavior(request, context)
         except ControlPlaneError as e:
-            context.abort(status_code(e), e.message)
+            _abort(context, e)
 
     return guarded
 
 
-def _rewrap(handler: Any, wrap: Callable[[Behavior, bool], Behavior]) -> Any:
+def _abort(context: grpc.ServicerContext, error: ControlPlaneError) -> None:
+    context.set_trailing_metadata(((ERROR_METADATA, type(error).__name__),))
+    context.abort(status_code(error), error.message)
+
+
+def rewrap(handler: Any, wrap: Callable[[Behavior, bool], Behavior]) -> Any:
     """The same method handler with its behavior replaced by wrap(behavior, response_streams)."""
     if handler is None:
         return None  # unknown method: gRPC answers UNIMPLEMENTED

@@ -226,6 +226,34 @@ def set_replicas(session: Session, deployment: Deployment, replicas: int, actor:
     )
 
 
+def set_semantic_cache(session: Session, *, name: str, threshold: float | None,
+                       actor: str = "admin") -> Deployment:
+    """Turn the gateway's semantic cache on at `threshold` (a cosine similarity in (0, 1]) or, with None,
+    off. The gateway learns it at the next reconcile pass; its entries are answers the exact cache holds,
+    so turning it off drops nothing but the index."""
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+                                  or not 0 < threshold <= 1):
+        raise InvalidArgument(f"semantic cache threshold must be a cosine similarity in (0, 1], got {threshold!r}")
+    with _one_writer(name):
+        deployment = get_deployment(session, name, for_update=True)
+        before = deployment.semantic_cache_threshold
+        if before == threshold:
+            return deployment
+        deployment.semantic_cache_threshold = None if threshold is None else float(threshold)
+        deployment.updated_at = utcnow()
+        session.flush()
+        record_event(
+            session,
+            kind="deployment.semantic_cache",
+            message=f"{name}: semantic cache " + (f"on at similarity {threshold:g}" if threshold is not None
+                                                  else "off"),
+            deployment_name=name,
+            actor=actor,
+            details={"from": before, "to": threshold},
+        )
+        return deployment
+
+
 def delete_deployment(session: Session, *, name: str, actor: str = "admin") -> None:
     """Delete a deployment with its revisions and replica records; its events and usage stay."""
     with _one_writer(name):

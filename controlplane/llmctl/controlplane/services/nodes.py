@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -98,12 +99,21 @@ def heartbeat(session: Session, *, name: str, at: datetime | None = None) -> Nod
     return node
 
 
-def mark_stale_nodes(session: Session, *, timeout_s: float, now: datetime | None = None) -> list[Node]:
-    """Healthy nodes silent for longer than `timeout_s` become unhealthy; returns them."""
+def mark_stale_nodes(session: Session, *, timeout_s: float, now: datetime | None = None,
+                     heard: Mapping[str, datetime] | None = None) -> list[Node]:
+    """Healthy nodes silent for longer than `timeout_s` become unhealthy; returns them.
+
+    heard: when this process last received anything from each node's agent. A heartbeat whose write failed
+    (the database was away) is not in last_heartbeat_at, but the agent was alive: a node heard from since
+    the cutoff is not stale, and its last_heartbeat_at catches up instead."""
     if timeout_s <= 0:
         raise InvalidArgument(f"timeout_s must be > 0, got {timeout_s}")
     now = check_aware("now", now) or utcnow()
     cutoff = now - timedelta(seconds=timeout_s)
+    for name, at in (heard or {}).items():
+        if at > cutoff:
+            session.execute(update(Node).where(Node.name == name, Node.last_heartbeat_at < cutoff)
+                            .values(last_heartbeat_at=at))
     query = (
         select(Node)
         .where(Node.state == NodeState.HEALTHY, Node.last_heartbeat_at < cutoff)

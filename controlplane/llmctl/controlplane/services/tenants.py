@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -17,16 +18,24 @@ from llmctl.controlplane.errors import AlreadyExists, InvalidArgument, NotFound,
 from llmctl.controlplane.services import check_aware, check_count, check_name
 from llmctl.controlplane.services.events import record_event
 
+logger = logging.getLogger("llmctl.controlplane.tenants")
+
 KEY_PREFIX = "llmctl-"
 PREFIX_LENGTH = 12
 """Stored in clear to find a key's row and to name it in listings; the rest is only ever hashed."""
+HMAC_SCHEME = "hmac-sha256"
+"""HMAC-SHA256 keyed with the control plane's secret: a stolen database alone cannot test guesses."""
+LEGACY_SCHEME = "sha256"
+"""Keys stored before the secret existed; rehashed with HMAC the first time they authenticate."""
+SECRET_INFO_KEY = "api_key_secret"
+"""Where the secret travels: the session factory's info (db.session.session_factory(api_key_secret=...))."""
 
 
 def create_tenant(
     session: Session, *, name: str, rpm: int = 0, tpm: int = 0, monthly_tokens: int = 0,
     quality_opt_out: bool = False,
 ) -> tuple[Tenant, str]:
-    """A new tenant and its first API key. The key is returned this once; only its sha256 is kept."""
+    """A new tenant and its first API key. The key is returned this once; only its HMAC is kept."""
     check_name("tenant", name)
     for what, value in (("rpm", rpm), ("tpm", tpm), ("monthly_tokens", monthly_tokens)):
         check_count(what, value, 0)
@@ -68,6 +77,21 @@ def set_quality_opt_out(session: Session, *, name: str, opt_out: bool, actor: st
     return tenant
 
 
+def set_cache_sampled(session: Session, *, name: str, cache_sampled: bool, actor: str = "admin") -> Tenant:
+    """Whether the gateway's exact cache may answer the tenant's sampled requests (by default only
+    deterministic ones: temperature 0, top_k 1 or a seed). Takes effect at the tenant's next request."""
+    tenant = get_tenant(session, name)
+    if tenant.cache_sampled == cache_sampled:
+        return tenant
+    tenant.cache_sampled = cache_sampled
+    session.flush()
+    record_event(session, kind="tenant.cache_sampled", actor=actor,
+                 message=f"tenant {name}: the response cache " + ("may now answer" if cache_sampled else
+                                                                 "no longer answers") + " sampled requests",
+                 details={"tenant": name, "cache_sampled": cache_sampled})
+    return tenant
+
+
 def create_api_key(session: Session, *, tenant_name: str) -> str:
     """Another key for an existing tenant (e.g. to rotate); returned once, stored hashed."""
     return _new_key(session, get_tenant(session, tenant_name))
@@ -80,7 +104,8 @@ def _new_key(session: Session, tenant: Tenant) -> str:
         # Prefixes carry 30 random bits, so a repeat is rare; it would make lookups ambiguous, so redraw.
         if session.scalars(select(ApiKey.id).where(ApiKey.prefix == prefix)).first() is None:
             break
-    session.add(ApiKey(tenant=tenant, prefix=prefix, key_hash=_hash(key), created_at=utcnow()))
+    session.add(ApiKey(tenant=tenant, prefix=prefix, key_hash=_hmac(key, api_key_secret(session)), scheme=HMAC_SCHEME,
+                       created_at=utcnow()))
     session.flush()
     record_event(
         session,
@@ -111,19 +136,43 @@ def revoke_api_key(session: Session, *, prefix: str) -> None:
 
 
 def authenticate(session: Session, api_key: str) -> Tenant:
-    """The tenant owning this key; Unauthenticated for a missing, unknown or revoked key."""
+    """The tenant owning this key; Unauthenticated for a missing, unknown or revoked key.
+
+    A legacy (sha256) row that matches is rehashed with HMAC in the caller's transaction."""
     invalid = Unauthenticated("invalid API key")
     if not isinstance(api_key, str) or len(api_key) <= PREFIX_LENGTH:
         raise invalid
     row = session.scalars(select(ApiKey).where(ApiKey.prefix == api_key[:PREFIX_LENGTH])).one_or_none()
-    # Constant-time comparison, so response timing does not reveal how much of a guessed hash matched.
-    if row is None or not hmac.compare_digest(row.key_hash, _hash(api_key)) or row.revoked_at is not None:
+    secret = api_key_secret(session)
+    if row is None:
+        _hmac(api_key, secret)  # the same work as for a known prefix, so timing does not tell them apart
         raise invalid
+    if row.scheme == HMAC_SCHEME:
+        offered = _hmac(api_key, secret)
+    elif row.scheme == LEGACY_SCHEME:
+        offered = hashlib.sha256(api_key.encode()).hexdigest()
+    else:
+        logger.warning("API key %s... has unknown hash scheme %r; refusing it", row.prefix, row.scheme)
+        raise invalid
+    # Constant-time comparison, so response timing does not reveal how much of a guessed hash matched.
+    if not hmac.compare_digest(row.key_hash, offered) or row.revoked_at is not None:
+        raise invalid
+    if row.scheme != HMAC_SCHEME:
+        row.key_hash, row.scheme = _hmac(api_key, secret), HMAC_SCHEME
+        session.flush()
+        logger.info("rehashed API key %s... with HMAC-SHA256", row.prefix)
     return row.tenant
 
 
-def _hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+def api_key_secret(session: Session) -> bytes:
+    """The server secret API keys (and the traffic rows' prompt hashes) are HMAC'd with, from the session factory."""
+    secret = session.info.get(SECRET_INFO_KEY)
+    assert secret, "no API key secret in this session factory: session_factory(engine, api_key_secret=...)"
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+def _hmac(key: str, secret: bytes) -> str:
+    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
 
 
 def record_usage(

@@ -8,6 +8,8 @@ keeps its recorded length: its own part is the recorded prompt minus the workloa
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import random
 import statistics
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 from llmctl.controlplane.db.models import Deployment, TrafficSample, utcnow
 from llmctl.controlplane.errors import InvalidArgument, NotFound
 from llmctl.controlplane.services import check_aware, check_count
+from llmctl.controlplane.services.tenants import api_key_secret
 
 MIN_REQUESTS = 8
 """Fewer requests than this in the window make no workload: their distributions say too little."""
@@ -30,20 +33,35 @@ MAX_ARRIVAL_SPAN_S = 120.0
 """A synthetic workload's arrivals span at most this long: slower traffic is sped up to fit, so that one
 measurement of a quiet deployment does not take an hour (the report says by how much)."""
 MAX_WINDOW_S = 31 * 24 * 3600.0
+HASH_CHARS = 16
+"""Stored hashes are 64 bits: enough that two system prompts of one deployment never collide in practice."""
 
 
 def record(session: Session, *, deployment_name: str, arrived_at: datetime, prompt_tokens: int,
-           completion_tokens: int, shared_prefix_tokens: int) -> TrafficSample:
-    """The shape of one answered request."""
+           completion_tokens: int, shared_prefix_tokens: int, shared_prefix_key: bytes | None = None,
+           system_prompt_tokens: int = 0, system_prompt_digest: bytes | None = None) -> TrafficSample:
+    """The shape of one answered request. The gateway's digests (gateway/traffic.py) are stored HMAC'd with the
+    control plane's secret, so that a copy of the database alone cannot test guesses of a system prompt."""
     check_count("prompt_tokens", prompt_tokens, 0)
     check_count("completion_tokens", completion_tokens, 0)
     check_count("shared_prefix_tokens", shared_prefix_tokens, 0, prompt_tokens)
+    check_count("system_prompt_tokens", system_prompt_tokens, 0, prompt_tokens)
     check_aware("arrived_at", arrived_at)
     row = TrafficSample(deployment_name=deployment_name, arrived_at=arrived_at, prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens, shared_prefix_tokens=shared_prefix_tokens)
+                        completion_tokens=completion_tokens, shared_prefix_tokens=shared_prefix_tokens,
+                        shared_prefix_hash=_keyed(session, b"prefix", shared_prefix_key),
+                        system_prompt_tokens=system_prompt_tokens,
+                        system_prompt_hash=_keyed(session, b"system", system_prompt_digest))
     session.add(row)
     session.flush()
     return row
+
+
+def _keyed(session: Session, kind: bytes, digest: bytes | None) -> str | None:
+    """16 hex digits of HMAC-SHA256(secret, kind + digest); None for None."""
+    if digest is None:
+        return None
+    return hmac.new(api_key_secret(session), kind + b":" + digest, hashlib.sha256).hexdigest()[:HASH_CHARS]
 
 
 def purge_expired(session: Session, *, before: datetime) -> int:

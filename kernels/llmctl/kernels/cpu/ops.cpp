@@ -878,13 +878,26 @@ void prefill_attention(const at::Tensor& q, const at::Tensor& k_cache, const at:
 // and every row of x runs over that chunk, QROWS rows at a time with up to 24 accumulators; the partial sums
 // wait in an fp32 tile [M, 32] between chunks, and the dequantisation is paid once for all rows.
 #ifdef __AVX512BF16__
-constexpr int64_t QKC = 128;
-constexpr int QROWS = 12;
+// Input pairs per dequantised chunk: 3 blocks x 512 pairs x 64 bytes = 96 KB, in L2, reused by every row tile. At
+// 128 pairs (24 KB, in L1) int8 at 32 / 128 / 512 rows ran 0.85x / 0.96x / 0.94x the blocked bf16 linear; at 512,
+// 0.92x / 1.02x / 0.99x (fewer reloads and stores of the fp32 tiles).
+constexpr int64_t QKC = 512;
+// Input pairs per pass of the row tiles over bf16 weights read in place. Longer passes reload and store the fp32
+// tiles less often; 768 (all of SmolLM2's K) measured 1.11x / 1.00x / 0.98x oneDNN at 32 / 256 / 2048 rows
+// against 1.08x / 0.98x / 0.94x at 128 and 0.79-1.00x at 32 (bench_dense_layout.py). The cap keeps a task's
+// pass (3-4 blocks x 1024 pairs x 64 bytes) in L2 for the row tiles after the first.
+constexpr int64_t QKC_BF16 = 1024;
+constexpr int QROWS = 12;   // rows per register tile of 2 blocks (24 accumulators)
+constexpr int QROWS3 = 8;   // rows per register tile of 3 blocks (past QDIRECT rows)
+constexpr int QROWS4 = 6;   // rows per register tile of 4 blocks (bf16 from QLARGE rows)
+constexpr int64_t QLARGE = 128;
+constexpr int64_t QTILE = 64;  // floats per row of a work item's fp32 tile: up to 4 blocks of 16 columns
 constexpr int QDIRECT = 4;
 constexpr int64_t QMROWS = 192;  // rows per row block: 192 x K bf16 of x stays in a core's L2
 constexpr int64_t QPREFETCH = 4096;  // bytes ahead of each weight stream
 
 struct QuantWeights {
+  const __m512i* bf;     // bf16 layout (block b's input pair p at bf[b * pairs + p]), or null
   const int8_t* q8;      // int8 layout, or null
   const uint8_t* q4;     // 4-bit layout, or null
   const float* scales8;  // int8: [N]
@@ -942,6 +955,17 @@ void quant_direct(const uint16_t* x, int64_t k, const float* xsum, const QuantWe
     return sum;
   };
   zero();
+  if (w.bf) {
+    const __m512i* q = w.bf + block * w.pairs;
+    int64_t p = 0;
+    for (; p + U <= w.pairs; p += U) {
+      _mm_prefetch(reinterpret_cast<const char*>(q + p) + QPREFETCH, _MM_HINT_T0);
+      for (int u = 0; u < U; ++u) step(u, p + u, _mm512_loadu_si512(q + p + u));
+    }
+    for (; p < w.pairs; ++p) step(0, p, _mm512_loadu_si512(q + p));
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(tile + r * QTILE, summed(r));
+    return;
+  }
   if (w.q8) {
     const int8_t* q = w.q8 + block * w.pairs * 32;
     int64_t p = 0;
@@ -950,7 +974,7 @@ void quant_direct(const uint16_t* x, int64_t k, const float* xsum, const QuantWe
       for (int u = 0; u < U; ++u) step(u, p + u, dequant_int8(q + 32 * (p + u)));
     }
     for (; p < w.pairs; ++p) step(0, p, dequant_int8(q + 32 * p));
-    for (int r = 0; r < R; ++r) _mm512_storeu_ps(tile + r * 32, summed(r));
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(tile + r * QTILE, summed(r));
     return;
   }
   // 4-bit: groups hold a multiple of U pairs (group sizes are multiples of 8, checked in Python).
@@ -969,7 +993,7 @@ void quant_direct(const uint16_t* x, int64_t k, const float* xsum, const QuantWe
       total[r] = _mm512_fmadd_ps(_mm512_set1_ps(xsum[r * groups + g]), o, _mm512_fmadd_ps(summed(r), s, total[r]));
     zero();
   }
-  for (int r = 0; r < R; ++r) _mm512_storeu_ps(tile + r * 32, total[r]);
+  for (int r = 0; r < R; ++r) _mm512_storeu_ps(tile + r * QTILE, total[r]);
 }
 
 using QuantDirect = void (*)(const uint16_t*, int64_t, const float*, const QuantWeights&, int64_t, float*);
@@ -993,25 +1017,30 @@ inline __m512i dequant_int4(const uint8_t* q, __m512 s_lo, __m512 s_hi, __m512 o
   return (__m512i)_mm512_cvtne2ps_pbh(_mm512_fmadd_ps(hi, s_hi, o_hi), _mm512_fmadd_ps(lo, s_lo, o_lo));
 }
 
-// tile [R, 32] (+)= x [R rows of stride ldx, 2 * pairs inputs] @ the chunk of NB blocks in w.
+// tile [R, 32] (+)= x [R rows of stride ldx, 2 * pairs inputs] @ the chunk of NB blocks in w (block b's pairs
+// from w + b * bstride); `prefetch`: ask for each block's stream QPREFETCH bytes ahead (the bf16 layout, read in
+// place from DRAM).
 template <int R, int NB>
-void quant_rows(const uint16_t* x, int64_t ldx, const __m512i* w, int64_t pairs, float* tile, bool first) {
+void quant_rows(const uint16_t* x, int64_t ldx, const __m512i* w, int64_t bstride, int64_t pairs, float* tile,
+                bool first, bool prefetch) {
   __m512 acc[R][NB];
   for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) acc[r][b] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(tile + r * 32 + 16 * b);
+    for (int b = 0; b < NB; ++b) acc[r][b] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(tile + r * QTILE + 16 * b);
   for (int64_t p = 0; p < pairs; ++p) {
     __m512bh wv[NB];
-    for (int b = 0; b < NB; ++b) wv[b] = (__m512bh)_mm512_load_si512(w + b * QKC + p);
+    if (prefetch)
+      for (int b = 0; b < NB; ++b) _mm_prefetch(reinterpret_cast<const char*>(w + b * bstride + p) + QPREFETCH, _MM_HINT_T0);
+    for (int b = 0; b < NB; ++b) wv[b] = (__m512bh)_mm512_load_si512(w + b * bstride + p);
     for (int r = 0; r < R; ++r) {
       const __m512bh xv = (__m512bh)bcast_pair(x + r * ldx + 2 * p);
       for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], xv, wv[b]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) _mm512_storeu_ps(tile + r * 32 + 16 * b, acc[r][b]);
+    for (int b = 0; b < NB; ++b) _mm512_storeu_ps(tile + r * QTILE + 16 * b, acc[r][b]);
 }
 
-using QuantRows = void (*)(const uint16_t*, int64_t, const __m512i*, int64_t, float*, bool);
+using QuantRows = void (*)(const uint16_t*, int64_t, const __m512i*, int64_t, int64_t, float*, bool, bool);
 
 template <int NB, int... R>
 constexpr std::array<QuantRows, sizeof...(R)> quant_rows_table(std::integer_sequence<int, R...>) {
@@ -1021,7 +1050,14 @@ constexpr std::array<QuantRows, sizeof...(R)> quant_rows_table(std::integer_sequ
 inline QuantRows quant_rows_for(int rows, int nb) {
   static constexpr auto one = quant_rows_table<1>(std::make_integer_sequence<int, QROWS>{});
   static constexpr auto two = quant_rows_table<2>(std::make_integer_sequence<int, QROWS>{});
-  return (nb == 2 ? two : one)[rows - 1];
+  static constexpr auto three = quant_rows_table<3>(std::make_integer_sequence<int, QROWS3>{});
+  static constexpr auto four = quant_rows_table<4>(std::make_integer_sequence<int, QROWS4>{});
+  switch (nb) {
+    case 1: return one[rows - 1];
+    case 2: return two[rows - 1];
+    case 3: return three[rows - 1];
+    default: return four[rows - 1];
+  }
 }
 
 // Block `block`'s input pairs [c0, c0 + cp) dequantised to bf16 in w[0, cp).
@@ -1051,10 +1087,11 @@ void quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tenso
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.const_data_ptr<c10::BFloat16>());
   const uint16_t* bp = bias ? reinterpret_cast<const uint16_t*>(bias->const_data_ptr<c10::BFloat16>()) : nullptr;
   uint16_t* op = reinterpret_cast<uint16_t*>(out.mutable_data_ptr<c10::BFloat16>());
-  const bool int4 = group_size > 0;
-  const QuantWeights qw{int4 ? nullptr : packed.const_data_ptr<int8_t>(),
+  const bool bf = packed.scalar_type() == at::kBFloat16, int4 = !bf && group_size > 0;
+  const QuantWeights qw{bf ? reinterpret_cast<const __m512i*>(packed.const_data_ptr<c10::BFloat16>()) : nullptr,
+                        bf || int4 ? nullptr : packed.const_data_ptr<int8_t>(),
                         int4 ? packed.const_data_ptr<uint8_t>() : nullptr,
-                        int4 ? nullptr : scales.const_data_ptr<float>(),
+                        bf || int4 ? nullptr : scales.const_data_ptr<float>(),
                         int4 ? scales.const_data_ptr<c10::Half>() : nullptr,
                         int4 ? scales.const_data_ptr<c10::Half>() + scales.size(1) * n : nullptr,
                         n, blocks, pairs, int4 ? group_size / 2 : pairs};
@@ -1069,38 +1106,53 @@ void quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tenso
   // Work items: (block of QMROWS rows, task), row blocks outermost, so that each thread's share of x stays in
   // its cache while it runs through the tasks (a large M re-dequantises each chunk once per row block).
   // Row blocks of equal size (so that the threads' equal shares of items are equal work).
-  const int64_t tasks = (blocks + 1) / 2, row_blocks = m <= QDIRECT ? 1 : (m + QMROWS - 1) / QMROWS;
+  // Blocks per work item: 2 on the direct path; past it 3 (register tiles of 3 x 8 rows), and for bf16 from QLARGE
+  // rows 4 (4 x 6); a quantized chunk of 3 dequantised blocks (24 KB) is as much as stays in L1 beside x.
+  const int64_t per_task = m <= QDIRECT ? 2 : !bf || m < QLARGE ? 3 : 4;
+  const int64_t kc = bf ? QKC_BF16 : QKC;
+  const int64_t tasks = (blocks + per_task - 1) / per_task, row_blocks = m <= QDIRECT ? 1 : (m + QMROWS - 1) / QMROWS;
   const int64_t block_rows = (m + row_blocks - 1) / row_blocks;
   at::parallel_for(0, row_blocks * tasks, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) __m512i chunk[2 * QKC];
-    std::vector<float> tile(block_rows * 32);
+    // Only the quantized layouts past the direct path dequantise into a chunk; bf16 is read in place.
+    std::vector<__m512i> chunk_buf(!bf && m > QDIRECT ? 3 * QKC : 0);
+    __m512i* chunk = chunk_buf.data();
+    std::vector<float> tile(block_rows * QTILE);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t task = item % tasks, m0 = item / tasks * block_rows, m1 = std::min(m, m0 + block_rows);
-      const int64_t b0 = 2 * task;
-      const int nb = static_cast<int>(std::min<int64_t>(2, blocks - b0));
+      const int64_t b0 = per_task * task;
+      const int nb = static_cast<int>(std::min<int64_t>(per_task, blocks - b0));
+      const int64_t row_tile = per_task == 4 ? QROWS4 : per_task == 3 ? QROWS3 : QROWS;
       if (m <= QDIRECT) {
         for (int b = 0; b < nb; ++b)
           quant_direct_for(static_cast<int>(m))(xp, k, xsum.data(), qw, b0 + b, tile.data() + 16 * b);
       } else {
-        for (int64_t c0 = 0; c0 < pairs; c0 += QKC) {
-          const int64_t cp = std::min(QKC, pairs - c0);
-          for (int b = 0; b < nb; ++b) dequant_chunk(qw, b0 + b, c0, cp, chunk + b * QKC);
-          for (int64_t r0 = m0; r0 < m1; r0 += QROWS) {
-            const int rows = static_cast<int>(std::min<int64_t>(QROWS, m1 - r0));
-            quant_rows_for(rows, nb)(xp + r0 * k + 2 * c0, k, chunk, cp, tile.data() + (r0 - m0) * 32, c0 == 0);
+        for (int64_t c0 = 0; c0 < pairs; c0 += kc) {
+          const int64_t cp = std::min(kc, pairs - c0);
+          const __m512i* w = chunk;
+          int64_t stride = QKC;
+          if (bf) {  // read in place, the first row group prefetching ahead
+            w = qw.bf + b0 * pairs + c0;
+            stride = pairs;
+          } else {
+            for (int b = 0; b < nb; ++b) dequant_chunk(qw, b0 + b, c0, cp, chunk + b * QKC);
+          }
+          for (int64_t r0 = m0; r0 < m1; r0 += row_tile) {
+            const int rows = static_cast<int>(std::min<int64_t>(row_tile, m1 - r0));
+            quant_rows_for(rows, nb)(xp + r0 * k + 2 * c0, k, w, stride, cp, tile.data() + (r0 - m0) * QTILE, c0 == 0,
+                                     bf && r0 == m0);
           }
         }
       }
       for (int b = 0; b < nb; ++b) {
         const int64_t col = (b0 + b) * 16;
-        const __m512 scale = int4 ? _mm512_set1_ps(1.f) : _mm512_loadu_ps(qw.scales8 + col);
+        const __m512 scale = qw.scales8 ? _mm512_loadu_ps(qw.scales8 + col) : _mm512_set1_ps(1.f);
         __m512 add = _mm512_setzero_ps();
         if (bp) {
           const __m256i bb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + col));
           add = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bb), 16));
         }
         for (int64_t r = m0; r < m1; ++r) {
-          const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(tile.data() + (r - m0) * 32 + 16 * b), scale, add);
+          const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(tile.data() + (r - m0) * QTILE + 16 * b), scale, add);
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + r * n + col), (__m256i)_mm512_cvtneps_pbh(v));
         }
       }
@@ -1129,7 +1181,7 @@ bool quant_linear_available() {
 // place; k, v written to the pools at their slots; attention (decode rows first, then prefill rows);
 // o = linear(attn); h, residual = rms_norm(o + residual); x = down(silu_and_mul(gate_up(h))).
 // Linears by kind (kernels/cpu/__init__.py LINEAR_*): 0 a oneDNN-packed dense weight, 1 a plain dense weight
-// (at::linear, as F.linear), 2 llmctl's int8 layout, 3 llmctl's 4-bit layout.
+// (at::linear, as F.linear), 2 llmctl's int8 layout, 3 llmctl's 4-bit layout, 4 llmctl's blocked bf16 layout.
 at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& scales,
                         const std::optional<at::Tensor>& bias, int64_t kind, int64_t group) {
   if (kind == 0) {
@@ -1140,9 +1192,9 @@ at::Tensor fused_linear(const at::Tensor& x, const at::Tensor& w, const std::opt
     return stack[0].toTensor();
   }
   if (kind == 1) return at::linear(x, w, bias);
-  TORCH_CHECK(kind == 2 || kind == 3, "llmctl_cpu.decoder_layers: unknown linear kind ", kind);
+  TORCH_CHECK(kind >= 2 && kind <= 4, "llmctl_cpu.decoder_layers: unknown linear kind ", kind);
   at::Tensor out = at::empty({x.size(0), w.size(0) * 16}, x.options());
-  quant_linear(x, w, *scales, kind == 3 ? group : 0, bias, out);
+  quant_linear(x, w, kind == 4 ? at::Tensor() : *scales, kind == 3 ? group : 0, bias, out);
   return out;
 }
 

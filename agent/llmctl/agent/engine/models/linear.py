@@ -39,8 +39,16 @@ class DenseLinear(nn.Module):
 
     def fused_args(self) -> kernels.LinearArgs | None:
         """This layer for kernels.decoder_layers (None: it cannot run there)."""
+        if self.weight.dim() == 3:  # llmctl's blocked bf16 layout
+            bias = _bf16_bias(self.bias)
+            return kernels.LinearArgs(self.weight, None, bias, kernels.LINEAR_BF16)
         kind = kernels.LINEAR_ONEDNN if self.weight.is_mkldnn else kernels.LINEAR_DENSE
         return kernels.LinearArgs(self.weight, None, self.bias, kind)
+
+
+def _bf16_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """A layer's bias as llmctl's C++ linears read it (kernels.LinearArgs)."""
+    return None if bias is None else bias.to(torch.bfloat16).contiguous()
 
 
 def _packs_for_cpu(t: torch.Tensor) -> bool:
@@ -81,7 +89,7 @@ class Int8Linear(nn.Module):
         """This layer for kernels.decoder_layers: only in llmctl's layout (prepacked, bf16 on AVX512-BF16)."""
         if self.weight.dim() != 3:
             return None
-        bias = None if self.bias is None else self.bias.to(torch.bfloat16).contiguous()
+        bias = _bf16_bias(self.bias)
         return kernels.LinearArgs(self.weight, self.packed_scale, bias, kernels.LINEAR_INT8)
 
     def weight_bytes(self) -> int:
@@ -138,7 +146,7 @@ class AWQLinear(nn.Module):
         """This layer for kernels.decoder_layers: only in llmctl's layout (prepacked, bf16 on AVX512-BF16)."""
         if self.packed_weight is None or self.packed_weight.dim() != 3:
             return None
-        bias = None if self.bias is None else self.bias.to(torch.bfloat16).contiguous()
+        bias = _bf16_bias(self.bias)
         return kernels.LinearArgs(self.packed_weight, self.scales_and_zeros, bias, kernels.LINEAR_INT4,
                                   self.group_size)
 
@@ -171,10 +179,11 @@ def linear_params(model: nn.Module) -> int:
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and buffer the model holds: what quantization must shrink for real."""
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-    total = 0
+    total, storages = 0, {}
     for t in tensors.values():
         if t.is_mkldnn:
             total += t.numel() * t.element_size()
-        else:
-            total += t.untyped_storage().nbytes()
-    return total
+        else:  # a storage shared by several tensors (the packed weights' huge-page mapping) counts once
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return total + sum(storages.values())

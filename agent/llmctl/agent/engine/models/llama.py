@@ -294,8 +294,21 @@ def finalize(model: LlamaModel) -> LlamaModel:
     # The LM head reads the (tied) embedding as a matmul weight; a packed copy costs vocab x hidden.
     head = model.embed_tokens if model.lm_head is None else model.lm_head
     model.head_weight = kernels.prepack_linear_weight(head.data)
+    _packed_weights_in_huge_pages(model)
     model.decoder_plan = decoder_plan(model)
     return model
+
+
+def _packed_weights_in_huge_pages(model: LlamaModel) -> None:
+    """llmctl's packed int8 and 4-bit weights (the C++ kernel's 3-D layouts) moved into one mapping on huge
+    pages, in layer order (kernels.in_huge_pages). oneDNN's packed bf16 weights stay where oneDNN put them."""
+    from llmctl.agent.engine.models.linear import QUANTIZED_LINEARS
+
+    slots = [(module, name) for module in model.modules() if isinstance(module, QUANTIZED_LINEARS)
+             for name in ("weight", "packed_weight")
+             if isinstance(t := getattr(module, name, None), torch.Tensor) and t.dim() == 3 and t.device.type == "cpu"]
+    for (module, name), copy in zip(slots, kernels.in_huge_pages([getattr(m, n) for m, n in slots]), strict=True):
+        setattr(module, name, copy)
 
 
 def decoder_plan(model: LlamaModel) -> kernels.DecoderPlan | None:
