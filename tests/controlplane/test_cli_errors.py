@@ -176,3 +176,31 @@ def test_help_documents_exit_codes_and_imports_stay_lazy():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_a_control_plane_stopping_mid_call_reads_as_unreachable():
+    """gRPC tells the calls in flight on a stopping server UNAVAILABLE "Cancelling all calls"; that is the
+    control plane going away, not an answer from it (the dashboard showed the bare gRPC text)."""
+    from concurrent import futures
+
+    import grpc
+
+    from llmctl.controlplane.client import AdminClient
+    from llmctl.controlplane.errors import Unavailable
+    from llmctl.controlplane.proto import llmctl_pb2_grpc as pb_grpc
+
+    answering = threading.Event()
+
+    class Slow(pb_grpc.AdminServiceServicer):
+        def ListDeployments(self, request, context):  # noqa: N802 (gRPC's name)
+            answering.set()
+            threading.Event().wait(10)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_AdminServiceServicer_to_server(Slow(), server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    threading.Thread(target=lambda: (answering.wait(10), server.stop(grace=0)), daemon=True).start()
+    with AdminClient(address, "t0ken-for-tests") as client, pytest.raises(Unavailable) as raised:
+        client.list_deployments()
+    assert str(raised.value).startswith(f"control plane at {address} is unreachable (it stopped while answering)")

@@ -60,6 +60,8 @@ _TRANSPORT_HINTS = (
     "timed out",
     "timeout",
 )
+# What gRPC core tells the calls in flight on a server that is stopping (UNAVAILABLE, not CANCELLED).
+_SERVER_STOPPING = "cancelling all calls"
 
 
 class AdminClient:
@@ -317,9 +319,11 @@ class AdminClient:
                 f"control plane at {self.address} is unreachable ({reason}); "
                 f"is `llmctl server` running there?{hint}"
             )
-        if code == grpc.StatusCode.UNAVAILABLE:
+        stopping = (code == grpc.StatusCode.UNAVAILABLE and not _raised_by_server(rpc_error)
+                    and _SERVER_STOPPING in details.lower())
+        if code == grpc.StatusCode.UNAVAILABLE and not stopping:
             return Unavailable(details)  # the server answered, e.g. that its database is down
-        if code == grpc.StatusCode.CANCELLED:
+        if code == grpc.StatusCode.CANCELLED or stopping:
             # A unary call is never cancelled from this side: the server stopped while answering it.
             return Unavailable(
                 f"control plane at {self.address} is unreachable (it stopped while answering); "
