@@ -81,7 +81,8 @@ def test_up_detach_serves_and_down_leaves_nothing_running(
         assert again.returncode == 2 and "already up" in again.stderr
 
         down = llmctl(home, "down", timeout=120)
-        assert down.returncode == 0 and "stopped supervisor" in down.stdout
+        assert down.returncode == 0 and "stopped supervisor" in down.stdout, (
+            down.stdout + down.stderr + (home / "up.json").read_text() + (home / "logs" / "up.log").read_text()[-4000:])
         assert processes_under(tmp_path) == []
         state = json.loads((home / "up.json").read_text())
         assert state["pids"] == {} and state["state"] == "stopped" and state["api_key"]

@@ -222,7 +222,8 @@ def test_up_tls_runs_the_local_stack_on_mutual_tls_and_llmctl_finds_it(
                              tls=ClientTls(ca=tls / "ca.crt")) as client:
                 client.list_nodes()
         down = llmctl("down")
-        assert down.returncode == 0 and "stopped supervisor" in down.stdout
+        assert down.returncode == 0 and "stopped supervisor" in down.stdout, (
+            down.stdout + down.stderr + (home / "up.json").read_text() + (home / "logs" / "up.log").read_text()[-4000:])
         assert processes_under(tmp_path) == []
     finally:
         for process in processes_under(tmp_path):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmctl.controlplane.commands.up_state import (
     LOCAL_NODE,
+    START_TIMES,
     alive,
     child_setup,
     clear_pids,
@@ -154,7 +155,7 @@ class Stack:
             "api_key": kept.get("api_key"),
             "tenant": kept.get("tenant"),
             "pids": {"supervisor": os.getpid()},
-            "pid_start_times": {str(os.getpid()): start_time(os.getpid())},
+            START_TIMES: {str(os.getpid()): start_time(os.getpid())},
             # What llmctl presents to this control plane (common.resolve_client_tls reads it).
             "tls": {"ca": str(pki.ca), "cert": str(pki.admin.cert), "key": str(pki.admin.key)} if pki else None,
         }
@@ -240,7 +241,7 @@ class Stack:
             time.sleep(0.2)
 
     def _restart(self, state: dict[str, Any], name: str, restarts: ChildRestarts) -> None:
-        state["pid_start_times"].pop(str(self.children[name].pid), None)
+        state[START_TIMES].pop(str(self.children[name].pid), None)
         with open(self.spec.logs / f"{name}.log", "a") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} llmctl up: restarting the {name} "
                       f"(it exited: {restarts.last_exit})\n")
@@ -281,7 +282,7 @@ class Stack:
         self.children[name] = child
         self.commands[name] = (args, env)
         state["pids"][name] = child.pid
-        state["pid_start_times"][str(child.pid)] = start_time(child.pid)
+        state[START_TIMES][str(child.pid)] = start_time(child.pid)
         write_state(self.home, state)
 
     def _until(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:

@@ -1,7 +1,9 @@
 """$LLMCTL_HOME/up.json and the processes it names: read, write (0600), start, check and stop them.
 
 A pid alone is not proof: after a reboot or long uptime another program may hold it. Each pid is kept
-with its process's start time and only a process that matches both is treated as ours.
+with its process's start time and only a process that matches both is treated as ours. The start time is
+counted from boot (/proc/<pid>/stat), not read off the wall clock: a wall-clock start is derived from the
+clock's present reading, so a clock step (NTP, a resumed VM) moved it and `llmctl down` lost its processes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 UP_FILE = "up.json"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+START_TIMES = "pid_boot_start_s"
+"""up.json's {pid: start_time(pid)}; the older wall-clock "pid_start_times" is ignored (a pid alone counts)."""
 LOCAL_NODE = "local"
 """The node name of the agent `llmctl up` runs."""
 
@@ -49,16 +53,24 @@ def clear_pids(home: Path) -> None:
     if not state:
         return
     state["pids"] = {}
-    state["pid_start_times"] = {}
+    state[START_TIMES] = {}
     if state.get("state") != "failed":
         state["state"] = "stopped"
     write_state(home, state)
 
 
 def start_time(pid: int) -> float | None:
+    """When the process started, in seconds after boot; None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name (2nd field) is in parentheses and may hold spaces; the 22nd field is starttime.
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        pass
     import psutil
 
-    try:
+    try:  # no procfs (macOS): the wall-clock start, as good as the clock
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
@@ -76,7 +88,7 @@ def alive(pid: int) -> bool:
 
 def live_pids(state: dict[str, Any]) -> dict[str, int]:
     """The processes named in up.json that still run and are the same processes (same start time)."""
-    started = state.get("pid_start_times") or {}
+    started = state.get(START_TIMES) or {}
     found = {}
     for name, pid in (state.get("pids") or {}).items():
         if not isinstance(pid, int) or not alive(pid):
