@@ -86,7 +86,7 @@ def test_bench_cpu_elementwise_times_the_cpu_kernels_against_the_reference(tmp_p
     assert all(op["us"] > 0 and op["reference_us"] > 0 and op["gb_per_s"] > 0 for op in data["ops"])
 
 
-@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's blocked bf16 linear needs AVX512-BF16")
+@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's blocked bf16 linear needs AVX512-BF16 or AVX2")
 def test_bench_dense_layout_times_both_bf16_layouts_and_writes_json(tmp_path):
     out = tmp_path / "dense.json"
     done = subprocess.run(

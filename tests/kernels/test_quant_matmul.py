@@ -363,7 +363,7 @@ QUANT_KERNEL_CASES = [(1, 576, 48, 64), (2, 170, 16, 0), (3, 264, 80, 8), (4, 15
                       (13, 170, 48, 0), (40, 264, 16, 8), (9, 1536, 80, 0), (17, 1536, 48, 64)]  # 512 + 256 pairs
 
 
-@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's quantized linear needs AVX512-BF16")
+@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's quantized linear needs AVX512-BF16 or AVX2")
 @pytest.mark.parametrize("m,k,n,group", QUANT_KERNEL_CASES)
 def test_llmctl_quant_linear_matches_fp64_at_every_row_count(m, k, n, group):
     torch.manual_seed(m)
@@ -392,7 +392,7 @@ BF16_KERNEL_CASES = [(1, 170, 80), (4, 576, 48), (5, 170, 80), (13, 1536, 48), (
                      (203, 576, 80), (9, 2304, 48), (131, 2304, 64)]  # the last two: passes of 1024 + 128 pairs
 
 
-@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's bf16 linear needs AVX512-BF16")
+@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's bf16 linear needs AVX512-BF16 or AVX2")
 @pytest.mark.parametrize("m,k,n", BF16_KERNEL_CASES)
 def test_llmctl_bf16_linear_matches_fp64_at_every_row_count(m, k, n):
     torch.manual_seed(m)
@@ -407,7 +407,7 @@ def test_llmctl_bf16_linear_matches_fp64_at_every_row_count(m, k, n):
     assert_rel_close(cpu.quant_linear(x[-1:], packed, None), expected[-1:] - bias.double(), 4e-3, "last row alone")
 
 
-@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's bf16 linear needs AVX512-BF16")
+@pytest.mark.skipif(not cpu.blocked_bf16_preferred(), reason="dense weights keep oneDNN's layout on this CPU")
 def test_dense_bf16_weights_prepack_to_the_blocked_layout_unless_onednn_is_asked_for(monkeypatch):
     from llmctl import kernels
 

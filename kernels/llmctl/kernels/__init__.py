@@ -118,11 +118,11 @@ if DENSE_LINEAR not in ("llmctl", "onednn"):
 
 def prepack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
     """A dense [out, in] weight in the layout its CPU matmul reads fastest (same values, not saveable): llmctl's
-    blocked bf16 layout (3-D) where the C++ kernel takes it, else oneDNN's packed layout where oneDNN has one,
+    blocked bf16 layout (3-D) where the C++ kernel takes it and has AVX512-BF16, else oneDNN's packed layout where oneDNN has one,
     else the weight as it is."""
     if (BACKEND == "auto" and DENSE_LINEAR == "llmctl" and weight.device.type == "cpu"
             and weight.dtype == torch.bfloat16 and weight.dim() == 2 and cpu.quant_packable(*reversed(weight.shape))
-            and cpu.available() and cpu.quant_linear_available()):
+            and cpu.available() and cpu.blocked_bf16_preferred()):
         return cpu.pack_bf16(weight)
     return reference.prepack_linear_weight(weight)
 

@@ -258,7 +258,7 @@ def prepack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
         weight.device.type == "cpu"
         and weight.dtype in _ONEDNN_PACKED_DTYPES
         and torch.backends.mkldnn.is_available()
-        and _onednn_packs(weight.dtype)
+        and onednn_packs(weight.dtype)
     ):
         return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), 32)
     return weight
@@ -267,7 +267,7 @@ def prepack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
 _ONEDNN_PACKED_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def _onednn_packs(dtype: torch.dtype) -> bool:
+def onednn_packs(dtype: torch.dtype) -> bool:
     """Whether this CPU has oneDNN's fast path for `dtype` (asked once per process)."""
     if dtype not in _ONEDNN_SUPPORT:
         check = (torch.ops.mkldnn._is_mkldnn_bf16_supported if dtype == torch.bfloat16

@@ -137,7 +137,7 @@ def prefill_attention(
     return out
 
 
-# -- weight-only quantized linears (AVX512-BF16 only; see ops.cpp for the packed layouts) ----------------
+# -- weight-only quantized linears (AVX512-BF16 or AVX2; see ops.cpp for the packed layouts) ----------------
 
 QUANT_BLOCK = 16
 """Output columns per packed block: a layer's output width must be a multiple of it."""
@@ -145,8 +145,22 @@ QUANT_BLOCK = 16
 
 @functools.cache
 def quant_linear_available() -> bool:
-    """Whether this build has the bf16 quantized linear (the CPU has AVX512-BF16)."""
+    """Whether this build has llmctl's linear over its packed layouts: on AVX512-BF16 with bf16 dot products, on
+    AVX2 (with FMA and F16C) with the weights unpacked to fp32."""
     return available() and bool(_ops().quant_linear_available())
+
+
+@functools.cache
+def blocked_bf16_preferred() -> bool:
+    """Whether dense bf16 weights go to llmctl's blocked layout rather than torch's path: with AVX512-BF16, where
+    it measured faster than oneDNN's packed layout up to ~128 rows and even from there; and on AVX2 where oneDNN
+    has no bf16 packing (no AVX-NE-CONVERT), as on an AVX2-only EPYC, where F.linear's bf16 GEMM ran 1.4x slower
+    at one row and 4.3-4.9x slower from 32 rows than the AVX2 kernel (`python benchmarks/bench_dense_layout.py`)."""
+    if not quant_linear_available():
+        return False
+    from llmctl.kernels import reference
+
+    return int(_ops().quant_linear_level()) == 2 or not reference.onednn_packs(torch.bfloat16)
 
 
 def quant_packable(in_features: int, out_features: int, group_size: int | None = None) -> bool:

@@ -16,7 +16,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
-#ifdef __AVX512BF16__
+#if defined(__AVX512BF16__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -1159,15 +1159,230 @@ void quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tenso
     }
   });
 }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// The same packed layouts on AVX2 (no bf16 dot product, no AVX512): weights are unpacked to fp32 in element
+// order (element 2j + t of a block's input pair p is column j, input 2p + t), x is converted to fp32 once per
+// call, and each register of 8 weights meets a broadcast input pair (x[2p], x[2p + 1]) in an fp32 FMA; the pair
+// lanes of a column are added at the end. 4-bit weights are dequantised exactly, (q - z) * s in fp32.
+// Up to A2_DIRECT rows each unpacked register is used at once (one sequential weight stream per block); past
+// that a task unpacks A2_KC input pairs of its block into a 16 KB fp32 chunk that every row tile reuses.
+constexpr int A2_DIRECT = 3;
+constexpr int A2_ROWS = 3;        // rows per register tile past A2_DIRECT (12 accumulators)
+constexpr int64_t A2_KC = 128;    // input pairs per unpacked chunk: 128 x 32 floats = 16 KB, in L1
+constexpr int64_t A2_MROWS = 192; // rows per row block, so that a thread's share of x stays in cache
+constexpr int64_t A2_PREFETCH = 2048;
+
+struct Avx2Weights {
+  const uint16_t* bf;        // bf16 layout, or null
+  const int8_t* q8;          // int8 layout, or null
+  const uint8_t* q4;         // 4-bit layout, or null
+  const float* scales8;      // int8: [N]
+  const c10::Half* scales4;  // 4-bit: [G, N]
+  const c10::Half* zeros4;   // 4-bit: [G, N]
+  int64_t n, pairs, group_pairs;
+};
+
+// One group's scales s and offsets -z * s of a block's 16 columns, spread to element order (each column twice).
+struct Avx2Group {
+  __m256 s[4], o[4];
+};
+
+inline Avx2Group avx2_group(const Avx2Weights& w, int64_t g, int64_t col) {
+  const __m256 s_lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales4 + g * w.n + col)));
+  const __m256 s_hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales4 + g * w.n + col + 8)));
+  const __m256 z_lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zeros4 + g * w.n + col)));
+  const __m256 z_hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zeros4 + g * w.n + col + 8)));
+  const __m256i first = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), second = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+  const __m256 o_lo = _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), z_lo), s_lo);
+  const __m256 o_hi = _mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), z_hi), s_hi);
+  Avx2Group grp;
+  grp.s[0] = _mm256_permutevar8x32_ps(s_lo, first);
+  grp.s[1] = _mm256_permutevar8x32_ps(s_lo, second);
+  grp.s[2] = _mm256_permutevar8x32_ps(s_hi, first);
+  grp.s[3] = _mm256_permutevar8x32_ps(s_hi, second);
+  grp.o[0] = _mm256_permutevar8x32_ps(o_lo, first);
+  grp.o[1] = _mm256_permutevar8x32_ps(o_lo, second);
+  grp.o[2] = _mm256_permutevar8x32_ps(o_hi, first);
+  grp.o[3] = _mm256_permutevar8x32_ps(o_hi, second);
+  return grp;
+}
+
+// Block `block`'s input pair p as 4 registers of 8 fp32 weights in element order.
+inline void avx2_unpack(const Avx2Weights& w, int64_t block, int64_t p, const Avx2Group& grp, __m256 v[4]) {
+  const int64_t at = block * w.pairs + p;
+  if (w.bf) {
+    const uint16_t* q = w.bf + at * 32;
+    for (int i = 0; i < 4; ++i) {
+      const __m256i e = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 8 * i)));
+      v[i] = _mm256_castsi256_ps(_mm256_slli_epi32(e, 16));
+    }
+  } else if (w.q8) {
+    const int8_t* q = w.q8 + at * 32;
+    for (int i = 0; i < 4; ++i)
+      v[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * i))));
+  } else {
+    // Byte i holds element i in its low nibble and element 16 + i in its high one.
+    const uint8_t* q = w.q4 + at * 16;
+    const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)));
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8)));
+    const __m256i low = _mm256_set1_epi32(15);
+    v[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(a, low)), grp.s[0], grp.o[0]);
+    v[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, low)), grp.s[1], grp.o[1]);
+    v[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(a, 4)), grp.s[2], grp.o[2]);
+    v[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)), grp.s[3], grp.o[3]);
+  }
+}
+
+inline __m256 avx2_pair(const float* x) {  // (x[0], x[1]) four times
+  return _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(x)));
+}
+
+// tile rows [R, 32 element-order sums] (+)= x [R rows of stride k] @ block `block`'s pairs [p0, p1), unpacked
+// as it goes.
+template <int R>
+void avx2_direct(const float* x, int64_t k, const Avx2Weights& w, int64_t block, int64_t p0, int64_t p1, float* tile) {
+  __m256 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 4; ++i) acc[r][i] = _mm256_setzero_ps();
+  Avx2Group grp{};
+  const int64_t stride = w.bf ? 64 : w.q8 ? 32 : 16;
+  const char* base = w.bf ? reinterpret_cast<const char*>(w.bf) : w.q8 ? reinterpret_cast<const char*>(w.q8)
+                                                                       : reinterpret_cast<const char*>(w.q4);
+  for (int64_t p = p0; p < p1; ++p) {
+    if (w.q4 && (p == p0 || p % w.group_pairs == 0)) grp = avx2_group(w, p / w.group_pairs, block * 16);
+    _mm_prefetch(base + (block * w.pairs + p) * stride + A2_PREFETCH, _MM_HINT_T0);
+    __m256 v[4];
+    avx2_unpack(w, block, p, grp, v);
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = avx2_pair(x + r * k + 2 * p);
+      for (int i = 0; i < 4; ++i) acc[r][i] = _mm256_fmadd_ps(xv, v[i], acc[r][i]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(tile + r * 32 + 8 * i, acc[r][i]);
+}
+
+// tile rows [R, 32] (+)= x [R rows of stride k, pairs from p0] @ an unpacked chunk [cp pairs, 32] fp32.
+template <int R>
+void avx2_rows(const float* x, int64_t k, const float* chunk, int64_t p0, int64_t cp, float* tile, bool first) {
+  __m256 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 4; ++i) acc[r][i] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(tile + r * 32 + 8 * i);
+  for (int64_t p = 0; p < cp; ++p) {
+    __m256 wv[4];
+    for (int i = 0; i < 4; ++i) wv[i] = _mm256_loadu_ps(chunk + 32 * p + 8 * i);
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = avx2_pair(x + r * k + 2 * (p0 + p));
+      for (int i = 0; i < 4; ++i) acc[r][i] = _mm256_fmadd_ps(xv, wv[i], acc[r][i]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(tile + r * 32 + 8 * i, acc[r][i]);
+}
+
+// 8 fp32 -> 8 bf16, rounded to nearest even (finite values; the sums here are).
+inline __m128i avx2_to_bf16(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);
+  return _mm256_castsi256_si128(packed);
+}
+
+// x [M, K] bf16; packed, scales as in the AVX512 version; bias [N] bf16 or none -> out [M, N] bf16.
+void quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t group_size,
+                  const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  const int64_t m = x.size(0), k = x.size(1), n = out.size(1), blocks = n / 16, pairs = k / 2;
+  const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.const_data_ptr<c10::BFloat16>());
+  const uint16_t* bp = bias ? reinterpret_cast<const uint16_t*>(bias->const_data_ptr<c10::BFloat16>()) : nullptr;
+  uint16_t* op = reinterpret_cast<uint16_t*>(out.mutable_data_ptr<c10::BFloat16>());
+  const bool bf = packed.scalar_type() == at::kBFloat16, int4 = !bf && group_size > 0;
+  const Avx2Weights w{bf ? reinterpret_cast<const uint16_t*>(packed.const_data_ptr<c10::BFloat16>()) : nullptr,
+                      bf || int4 ? nullptr : packed.const_data_ptr<int8_t>(),
+                      int4 ? packed.const_data_ptr<uint8_t>() : nullptr,
+                      bf || int4 ? nullptr : scales.const_data_ptr<float>(),
+                      int4 ? scales.const_data_ptr<c10::Half>() : nullptr,
+                      int4 ? scales.const_data_ptr<c10::Half>() + scales.size(1) * n : nullptr,
+                      n, pairs, int4 ? group_size / 2 : pairs};
+  std::vector<float> xf(m * k);
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin * k; i < end * k; ++i) xf[i] = bf16_to_float(xp[i]);
+  });
+  const int64_t row_blocks = m <= A2_DIRECT ? 1 : (m + A2_MROWS - 1) / A2_MROWS;
+  const int64_t block_rows = (m + row_blocks - 1) / row_blocks;
+  at::parallel_for(0, row_blocks * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> chunk(m > A2_DIRECT ? A2_KC * 32 : 0), tile(block_rows * 32);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t block = item % blocks, m0 = item / blocks * block_rows, m1 = std::min(m, m0 + block_rows);
+      const float* x0 = xf.data() + m0 * k;
+      if (m <= A2_DIRECT) {
+        if (m == 1) avx2_direct<1>(x0, k, w, block, 0, pairs, tile.data());
+        else if (m == 2) avx2_direct<2>(x0, k, w, block, 0, pairs, tile.data());
+        else avx2_direct<3>(x0, k, w, block, 0, pairs, tile.data());
+      } else {
+        Avx2Group grp{};
+        for (int64_t c0 = 0; c0 < pairs; c0 += A2_KC) {
+          const int64_t cp = std::min(A2_KC, pairs - c0);
+          for (int64_t p = 0; p < cp; ++p) {
+            if (w.q4 && (p == 0 || (c0 + p) % w.group_pairs == 0))
+              grp = avx2_group(w, (c0 + p) / w.group_pairs, block * 16);
+            __m256 v[4];
+            avx2_unpack(w, block, c0 + p, grp, v);
+            for (int i = 0; i < 4; ++i) _mm256_storeu_ps(chunk.data() + 32 * p + 8 * i, v[i]);
+          }
+          for (int64_t r0 = m0; r0 < m1; r0 += A2_ROWS) {
+            const int rows = static_cast<int>(std::min<int64_t>(A2_ROWS, m1 - r0));
+            const float* xr = xf.data() + r0 * k;
+            float* t = tile.data() + (r0 - m0) * 32;
+            if (rows == 3) avx2_rows<3>(xr, k, chunk.data(), c0, cp, t, c0 == 0);
+            else if (rows == 2) avx2_rows<2>(xr, k, chunk.data(), c0, cp, t, c0 == 0);
+            else avx2_rows<1>(xr, k, chunk.data(), c0, cp, t, c0 == 0);
+          }
+        }
+      }
+      // Each column's two pair lanes added; int8's per-column scale and the bias applied; rounded once.
+      const int64_t col = block * 16;
+      __m256 scale[2] = {_mm256_set1_ps(1.f), _mm256_set1_ps(1.f)}, add[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int h = 0; h < 2; ++h) {
+        if (w.scales8) scale[h] = _mm256_loadu_ps(w.scales8 + col + 8 * h);
+        if (bp) {
+          const __m256i b16 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + col + 8 * h)));
+          add[h] = _mm256_castsi256_ps(_mm256_slli_epi32(b16, 16));
+        }
+      }
+      for (int64_t r = m0; r < m1; ++r) {
+        const float* t = tile.data() + (r - m0) * 32;
+        for (int h = 0; h < 2; ++h) {
+          // hadd of elements 0-7 and 8-15 of this half gives columns 0 1 4 5 2 3 6 7; the permute puts them in order.
+          const __m256 sums = _mm256_hadd_ps(_mm256_loadu_ps(t + 16 * h), _mm256_loadu_ps(t + 16 * h + 8));
+          const __m256 cols = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(sums), 0xD8));
+          const __m256 v = _mm256_fmadd_ps(cols, scale[h], add[h]);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(op + r * n + col + 8 * h), avx2_to_bf16(v));
+        }
+      }
+    }
+  });
+}
 #else
 void quant_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const std::optional<at::Tensor>&,
                   at::Tensor&) {
-  TORCH_CHECK(false, "llmctl_cpu.quant_linear needs AVX512-BF16 (see quant_linear_available)");
+  TORCH_CHECK(false, "llmctl_cpu.quant_linear needs AVX512-BF16, or AVX2 with FMA and F16C (see quant_linear_available)");
 }
 #endif
 
-bool quant_linear_available() {
+// Whether quant_linear is built: 0 no, 1 the AVX2 version (fp32 FMA), 2 the AVX512-BF16 one (bf16 dot products).
+int64_t quant_linear_level() {
 #ifdef __AVX512BF16__
+  return 2;
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+bool quant_linear_available() {
+#if defined(__AVX512BF16__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
   return true;
 #else
   return false;
@@ -1274,6 +1489,7 @@ TORCH_LIBRARY(llmctl_cpu, m) {
   m.def("prefill_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor cu_seqlens, Tensor starts, float scale, int tile, Tensor(a!) out) -> ()");
   m.def("quant_linear(Tensor x, Tensor packed, Tensor scales, int group_size, Tensor? bias, Tensor(a!) out) -> ()");
   m.def("quant_linear_available() -> bool", &quant_linear_available);
+  m.def("quant_linear_level() -> int", &quant_linear_level);
   m.def("decoder_layers(Tensor x, Tensor[] norms, Tensor[] weights, Tensor?[] scales, Tensor?[] biases, int[] kinds, int[] groups, Tensor[] k_caches, Tensor[] v_caches, Tensor cos, Tensor sin, Tensor slot_mapping, Tensor? decode_tables, Tensor? context_lens, Tensor? prefill_tables, Tensor? cu_seqlens, Tensor? starts, int num_decodes, int heads, int kv_heads, int head_dim, float eps, float scale, int tile) -> (Tensor, Tensor)",
         &decoder_layers);  // for every backend: its weights may be oneDNN (MkldnnCPU) tensors
 }
