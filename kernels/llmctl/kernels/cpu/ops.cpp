@@ -1248,15 +1248,19 @@ void avx2_direct(const float* x, int64_t k, const Avx2Weights& w, int64_t block,
   const int64_t stride = w.bf ? 64 : w.q8 ? 32 : 16;
   const char* base = w.bf ? reinterpret_cast<const char*>(w.bf) : w.q8 ? reinterpret_cast<const char*>(w.q8)
                                                                        : reinterpret_cast<const char*>(w.q4);
-  for (int64_t p = p0; p < p1; ++p) {
-    if (w.q4 && (p == p0 || p % w.group_pairs == 0)) grp = avx2_group(w, p / w.group_pairs, block * 16);
-    _mm_prefetch(base + (block * w.pairs + p) * stride + A2_PREFETCH, _MM_HINT_T0);
-    __m256 v[4];
-    avx2_unpack(w, block, p, grp, v);
-    for (int r = 0; r < R; ++r) {
-      const __m256 xv = avx2_pair(x + r * k + 2 * p);
-      for (int i = 0; i < 4; ++i) acc[r][i] = _mm256_fmadd_ps(xv, v[i], acc[r][i]);
+  for (int64_t g0 = p0; g0 < p1;) {  // one 4-bit group at a time (int8 and bf16: all pairs at once)
+    const int64_t g = g0 / w.group_pairs, g1 = std::min(p1, (g + 1) * w.group_pairs);
+    if (w.q4) grp = avx2_group(w, g, block * 16);
+    for (int64_t p = g0; p < g1; ++p) {
+      _mm_prefetch(base + (block * w.pairs + p) * stride + A2_PREFETCH, _MM_HINT_T0);
+      __m256 v[4];
+      avx2_unpack(w, block, p, grp, v);
+      for (int r = 0; r < R; ++r) {
+        const __m256 xv = avx2_pair(x + r * k + 2 * p);
+        for (int i = 0; i < 4; ++i) acc[r][i] = _mm256_fmadd_ps(xv, v[i], acc[r][i]);
+      }
     }
+    g0 = g1;
   }
   for (int r = 0; r < R; ++r)
     for (int i = 0; i < 4; ++i) _mm256_storeu_ps(tile + r * 32 + 8 * i, acc[r][i]);
@@ -1323,12 +1327,14 @@ void quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tenso
         Avx2Group grp{};
         for (int64_t c0 = 0; c0 < pairs; c0 += A2_KC) {
           const int64_t cp = std::min(A2_KC, pairs - c0);
-          for (int64_t p = 0; p < cp; ++p) {
-            if (w.q4 && (p == 0 || (c0 + p) % w.group_pairs == 0))
-              grp = avx2_group(w, (c0 + p) / w.group_pairs, block * 16);
-            __m256 v[4];
-            avx2_unpack(w, block, c0 + p, grp, v);
-            for (int i = 0; i < 4; ++i) _mm256_storeu_ps(chunk.data() + 32 * p + 8 * i, v[i]);
+          for (int64_t p = 0; p < cp;) {
+            const int64_t g = (c0 + p) / w.group_pairs, stop = std::min(cp, (g + 1) * w.group_pairs - c0);
+            if (w.q4) grp = avx2_group(w, g, block * 16);
+            for (; p < stop; ++p) {
+              __m256 v[4];
+              avx2_unpack(w, block, c0 + p, grp, v);
+              for (int i = 0; i < 4; ++i) _mm256_storeu_ps(chunk.data() + 32 * p + 8 * i, v[i]);
+            }
           }
           for (int64_t r0 = m0; r0 < m1; r0 += A2_ROWS) {
             const int rows = static_cast<int>(std::min<int64_t>(A2_ROWS, m1 - r0));
