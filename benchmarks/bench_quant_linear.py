@@ -4,7 +4,7 @@
                                             [--json FILE]
 
 For each layer shape and row count M: microseconds per call of the prepacked dense linear, of int8 and awq
-as the engine runs them (bf16 on AVX512-BF16: llmctl's C++ kernel; elsewhere quant_cpu picks torch's path by
+as the engine runs them (bf16 on AVX512-BF16 or AVX2: llmctl's C++ kernel; elsewhere quant_cpu picks torch's path by
 M), and of each format on torch's paths with the path forced (`kernel`: torch's weight-only kernel; `tiled`:
 dequantize a tile, dense GEMM), so the SMALL_M crossover in quant_cpu can be read off the table (bf16 only:
 for other dtypes quant_cpu always tiles). Ratios are dense

@@ -232,7 +232,7 @@ def test_quantizing_at_load_in_bfloat16_rounds_in_float32_and_serves_in_bfloat16
     for a, b in zip(bf16.runner.model.layers, fp32.runner.model.layers, strict=True):
         for qa, qb in ((a.self_attn.qkv_proj, b.self_attn.qkv_proj), (a.mlp.down_proj, b.mlp.down_proj)):
             # Served on CPU, so prepacked: the same 4-bit codes, the same fp32-exact scales and zeros.
-            if qa.packed_weight.dim() == 3:  # bf16 on AVX512-BF16: llmctl's layout, AWQ's fp16 scales and zeros
+            if qa.packed_weight.dim() == 3:  # bf16 on AVX512-BF16 or AVX2: llmctl's layout, AWQ's fp16 scales and zeros
                 s, zero = qb.scales_and_zeros.unbind(-1)  # torch's layout: zero = (8 - z) * s, exact in fp32
                 assert torch.equal(qa.scales_and_zeros[0].float(), s)
                 assert torch.equal(qa.scales_and_zeros[1].float(), 8 - zero / s)
@@ -275,7 +275,7 @@ def test_prepacked_layers_match_the_reference_at_every_batch_size(method, k, n, 
 
     ref_layer, packed = (to_dtype(layer, dtype) for layer in quantized_pair(method, k, n, bias))
     packed.prepack(dtype)
-    # bf16: llmctl's kernel (AVX512-BF16; else M = 1 and 4 take torch's kernels, 33 int8's tiled path, 130
+    # bf16: llmctl's kernel (AVX512-BF16 or AVX2; else M = 1 and 4 take torch's kernels, 33 int8's tiled path, 130
     # both tiled paths); fp32 always tiles.
     for m in (1, 4, 33, 130):
         x = torch.randn(m, k, dtype=dtype)
@@ -285,7 +285,7 @@ def test_prepacked_layers_match_the_reference_at_every_batch_size(method, k, n, 
 
 
 def llmctl_kernel() -> bool:
-    """Whether bf16 layers prepack for llmctl's own quantized kernel here (AVX512-BF16)."""
+    """Whether bf16 layers prepack for llmctl's own quantized kernel here (AVX512-BF16 or AVX2)."""
     from llmctl.kernels import cpu
 
     return quant_cpu.CPU_KERNEL and cpu.quant_linear_available()

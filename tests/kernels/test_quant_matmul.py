@@ -220,7 +220,7 @@ def test_triton_wrappers_reject_bad_arguments():
 # a wrong nibble, group or channel gives errors of order 1. Against the reference, fp32 needs 1e-3: the
 # reference rounds AWQ weights to the scales' float16 first (~2e-4), the CPU path does not.
 REF_TOL = {**TOL, torch.float32: 1e-3}
-# llmctl: prepack for llmctl's C++ kernel (bf16 on AVX512-BF16; elsewhere prepack falls back to torch's
+# llmctl: prepack for llmctl's C++ kernel (bf16 on AVX512-BF16 or AVX2; elsewhere prepack falls back to torch's
 # layouts and the paths by M); kernel / tiled: torch's layouts, that path for every M.
 CPU_PATHS = ("llmctl", "kernel", "tiled")
 

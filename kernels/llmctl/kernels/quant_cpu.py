@@ -1,8 +1,8 @@
 """CPU weight-only quantized linears, in a runtime layout built once at load.
 
-With bf16 activations on a CPU with AVX512-BF16 (where the C++ kernels build), prepack takes llmctl's own
-kernel (kernels/cpu/ops.cpp `quant_linear`, layouts there): 16-column blocks, dequantised a chunk at a time
-into the cache and multiplied with vdpbf16ps, so the weights are read once per call at 1 or 0.5 byte and the
+With bf16 activations on a CPU with AVX512-BF16 or AVX2 (where the C++ kernels build), prepack takes llmctl's
+own kernel (kernels/cpu/ops.cpp `quant_linear`, layouts there): 16-column blocks, dequantised a chunk at a time
+into the cache and multiplied with vdpbf16ps (AVX2: fp32 FMA), so the weights are read once per call at 1 or 0.5 byte and the
 dequantisation is paid once per call, whatever the row count. Its packed weight is 3-D ([N/16, K/2, ...]),
 which is how the linears below tell it from torch's layouts. Everywhere else, torch's kernels:
 

@@ -77,7 +77,7 @@ class Int8Linear(nn.Module):
     def prepack(self, dtype: torch.dtype) -> None:
         """For `dtype` activations on CPU. For torch's kernel the int8 [out, in] weight already is the layout
         and stays as stored; only the scales are added in `dtype` (out values, not a weight copy). llmctl's
-        kernel (bf16 on AVX512-BF16) reorders the weight in place into blocks (a 3-D weight; no copy kept),
+        kernel (bf16 on AVX512-BF16 or AVX2) reorders the weight in place into blocks (a 3-D weight; no copy kept),
         so, like a prepacked AWQ layer, the layer then refuses state_dict()."""
         if not (_packs_for_cpu(self.weight) and kernels.w8a16_packable(self.in_features)) or self.weight.dim() == 3:
             return
@@ -86,7 +86,7 @@ class Int8Linear(nn.Module):
             self.register_state_dict_pre_hook(_refuse_packed_state_dict)
 
     def fused_args(self) -> kernels.LinearArgs | None:
-        """This layer for kernels.decoder_layers: only in llmctl's layout (prepacked, bf16 on AVX512-BF16)."""
+        """This layer for kernels.decoder_layers: only in llmctl's layout (prepacked, bf16 on AVX512-BF16 or AVX2)."""
         if self.weight.dim() != 3:
             return None
         bias = _bf16_bias(self.bias)
@@ -119,7 +119,7 @@ class AWQLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         # After prepack on CPU, in place of the three above: torch's int4pack layout, uint8 [out, in/2],
         # and (scale, zero) per group and output [in/g, out, 2] in the activation dtype; or llmctl's
-        # (bf16 on AVX512-BF16): uint8 [out/16, in/2, 16] and AWQ's scales and zeros [2, in/g, out] fp16.
+        # (bf16 on AVX512-BF16 or AVX2): uint8 [out/16, in/2, 16] and AWQ's scales and zeros [2, in/g, out] fp16.
         self.register_buffer("packed_weight", None, persistent=False)
         self.register_buffer("scales_and_zeros", None, persistent=False)
 
@@ -143,7 +143,7 @@ class AWQLinear(nn.Module):
         self.register_state_dict_pre_hook(_refuse_packed_state_dict)
 
     def fused_args(self) -> kernels.LinearArgs | None:
-        """This layer for kernels.decoder_layers: only in llmctl's layout (prepacked, bf16 on AVX512-BF16)."""
+        """This layer for kernels.decoder_layers: only in llmctl's layout (prepacked, bf16 on AVX512-BF16 or AVX2)."""
         if self.packed_weight is None or self.packed_weight.dim() != 3:
             return None
         bias = _bf16_bias(self.bias)
