@@ -424,6 +424,15 @@ def test_dense_bf16_weights_prepack_to_the_blocked_layout_unless_onednn_is_asked
     assert kernels.prepack_linear_weight(torch.randn(96, 64)).dim() != 3
 
 
+@pytest.mark.skipif(not cpu.quant_linear_available(), reason="llmctl's linear needs AVX512-BF16 or AVX2")
+def test_llmctl_quant_linear_of_no_rows_is_empty():
+    """A step with no row for a linear gets an empty answer, not a crash (it read past its dispatch table)."""
+    w_int8, scales = ref.quantize_int8_per_channel(torch.randn(32, 64))
+    for packed, packed_scales in (cpu.pack_int8(w_int8, scales), (cpu.pack_bf16(torch.randn(32, 64)), None)):
+        out = cpu.quant_linear(torch.randn(0, 64, dtype=torch.bfloat16), packed, packed_scales)
+        assert out.shape == (0, 32) and out.dtype == torch.bfloat16
+
+
 def test_llmctl_quant_linear_rejects_activations_it_was_not_packed_for():
     w_int8, scales = ref.quantize_int8_per_channel(torch.randn(32, 64))
     packed, packed_scales = cpu.pack_int8(w_int8, scales)

@@ -1084,6 +1084,7 @@ inline void dequant_chunk(const QuantWeights& qw, int64_t block, int64_t c0, int
 void quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t group_size,
                   const std::optional<at::Tensor>& bias, at::Tensor& out) {
   const int64_t m = x.size(0), k = x.size(1), n = out.size(1), blocks = n / 16, pairs = k / 2;
+  if (m == 0) return;  // no rows: nothing to compute (the row-count dispatch below assumes at least one)
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.const_data_ptr<c10::BFloat16>());
   const uint16_t* bp = bias ? reinterpret_cast<const uint16_t*>(bias->const_data_ptr<c10::BFloat16>()) : nullptr;
   uint16_t* op = reinterpret_cast<uint16_t*>(out.mutable_data_ptr<c10::BFloat16>());
@@ -1297,6 +1298,7 @@ inline __m128i avx2_to_bf16(__m256 v) {
 void quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t group_size,
                   const std::optional<at::Tensor>& bias, at::Tensor& out) {
   const int64_t m = x.size(0), k = x.size(1), n = out.size(1), blocks = n / 16, pairs = k / 2;
+  if (m == 0) return;  // no rows: nothing to compute (the row-count dispatch below assumes at least one)
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.const_data_ptr<c10::BFloat16>());
   const uint16_t* bp = bias ? reinterpret_cast<const uint16_t*>(bias->const_data_ptr<c10::BFloat16>()) : nullptr;
   uint16_t* op = reinterpret_cast<uint16_t*>(out.mutable_data_ptr<c10::BFloat16>());
