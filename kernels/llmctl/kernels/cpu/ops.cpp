@@ -1238,10 +1238,10 @@ inline __m256 avx2_pair(const float* x) {  // (x[0], x[1]) four times
   return _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(x)));
 }
 
-// tile rows [R, 32 element-order sums] (+)= x [R rows of stride k] @ block `block`'s pairs [p0, p1), unpacked
+// tile rows [R, 32 element-order sums] = x [R rows of stride k] @ block `block`, unpacked
 // as it goes.
 template <int R>
-void avx2_direct(const float* x, int64_t k, const Avx2Weights& w, int64_t block, int64_t p0, int64_t p1, float* tile) {
+void avx2_direct(const float* x, int64_t k, const Avx2Weights& w, int64_t block, float* tile) {
   __m256 acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int i = 0; i < 4; ++i) acc[r][i] = _mm256_setzero_ps();
@@ -1249,8 +1249,8 @@ void avx2_direct(const float* x, int64_t k, const Avx2Weights& w, int64_t block,
   const int64_t stride = w.bf ? 64 : w.q8 ? 32 : 16;
   const char* base = w.bf ? reinterpret_cast<const char*>(w.bf) : w.q8 ? reinterpret_cast<const char*>(w.q8)
                                                                        : reinterpret_cast<const char*>(w.q4);
-  for (int64_t g0 = p0; g0 < p1;) {  // one 4-bit group at a time (int8 and bf16: all pairs at once)
-    const int64_t g = g0 / w.group_pairs, g1 = std::min(p1, (g + 1) * w.group_pairs);
+  for (int64_t g0 = 0; g0 < w.pairs;) {  // one 4-bit group at a time (int8 and bf16: all pairs at once)
+    const int64_t g = g0 / w.group_pairs, g1 = std::min(w.pairs, (g + 1) * w.group_pairs);
     if (w.q4) grp = avx2_group(w, g, block * 16);
     for (int64_t p = g0; p < g1; ++p) {
       _mm_prefetch(base + (block * w.pairs + p) * stride + A2_PREFETCH, _MM_HINT_T0);
@@ -1322,9 +1322,9 @@ void quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tenso
       const int64_t block = item % blocks, m0 = item / blocks * block_rows, m1 = std::min(m, m0 + block_rows);
       const float* x0 = xf.data() + m0 * k;
       if (m <= A2_DIRECT) {
-        if (m == 1) avx2_direct<1>(x0, k, w, block, 0, pairs, tile.data());
-        else if (m == 2) avx2_direct<2>(x0, k, w, block, 0, pairs, tile.data());
-        else avx2_direct<3>(x0, k, w, block, 0, pairs, tile.data());
+        if (m == 1) avx2_direct<1>(x0, k, w, block, tile.data());
+        else if (m == 2) avx2_direct<2>(x0, k, w, block, tile.data());
+        else avx2_direct<3>(x0, k, w, block, tile.data());
       } else {
         Avx2Group grp{};
         for (int64_t c0 = 0; c0 < pairs; c0 += A2_KC) {
